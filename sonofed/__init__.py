@@ -1,0 +1,1 @@
+"""The ``sonofed`` command: one sub-command per role (hospital, vendor, console)."""

@@ -1,0 +1,89 @@
+"""``sonofed vendor …``: what the vendor runs — the locked test set, training, releases."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sonofed._output import UserError, handler, print_json
+
+
+@handler
+def _lock_testset(args: argparse.Namespace) -> int:
+    from data_registry.testset import SourceSpec, lock_testset
+
+    specs = [SourceSpec.parse(text) for text in args.source]
+    attest = dict(item.partition("=")[::2] for item in args.assume_reference)
+    specs = [
+        SourceSpec(s.kind, s.path, attest.get(s.kind)) if s.kind in attest else s for s in specs
+    ]
+    for spec in specs:
+        if not spec.path.is_dir():
+            raise UserError(f"--source {spec.kind}={spec.path}: not a folder")
+    summary = lock_testset(
+        specs, args.out, fraction=args.fraction, seed=args.seed, progress=not args.json
+    )
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"locked {summary['cases']} cases in {summary['out']}")
+        for site, counts in summary["per_site"].items():
+            print(f"  {site}: {counts}")
+        print(f"  manifest hash {summary['manifest_hash']}")
+        print(f"  hospitals ingest with --exclude {Path(summary['out']) / 'exclusion.json'}")
+    return 0
+
+
+@handler
+def _verify_testset(args: argparse.Namespace) -> int:
+    from data_registry.exceptions import TestSetIntegrityError
+    from data_registry.testset import LockedTestSet
+
+    try:
+        digest = LockedTestSet(args.dir).verify(args.expected_hash)
+    except TestSetIntegrityError as e:
+        raise UserError(f"locked test set is NOT intact: {e}", exit_code=1) from e
+    print(f"{args.dir}: intact ({digest})")
+    return 0
+
+
+def register(roles: argparse._SubParsersAction) -> None:
+    role = roles.add_parser("vendor", help="the vendor's commands (test set, training, release)")
+    commands = role.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lock = commands.add_parser(
+        "lock-testset",
+        help="take and seal the vendor-held test set",
+        description="Take a patient- and duplicate-disjoint, label-stratified slice of each "
+        "source, seal it (manifest of sha256s and labels) and write exclusion.json for hospitals.",
+    )
+    lock.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="KIND=PATH",
+        help="a source, e.g. busi=../shared/data/busi (repeatable)",
+    )
+    lock.add_argument("--out", type=Path, required=True, help="folder for the locked set")
+    lock.add_argument(
+        "--fraction", type=float, default=0.2, help="share of each site (default 0.2)"
+    )
+    lock.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    lock.add_argument(
+        "--assume-reference",
+        action="append",
+        default=[],
+        metavar="KIND=REF",
+        help="reference standard a source vouches for where it states none, e.g. busi=biopsy",
+    )
+    lock.add_argument("--json", action="store_true", help="print the summary as JSON")
+    lock.set_defaults(handler=_lock_testset)
+
+    verify = commands.add_parser(
+        "verify-testset",
+        help="check the locked test set against its seal",
+        description="Exit 0 when every byte, label and member is as sealed; 1 with the reason.",
+    )
+    verify.add_argument("dir", type=Path, help="the locked set's folder")
+    verify.add_argument("--expected-hash", help="manifest hash recorded elsewhere (e.g. dvc.lock)")
+    verify.set_defaults(handler=_verify_testset)
