@@ -129,19 +129,24 @@ def encode_png(array: np.ndarray) -> bytes:
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # speckle barely compresses
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new one."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new one.
+
+    With ``durable=False`` the file is not flushed to disk one by one; a caller writing many files
+    calls :func:`os.sync` once before its commit point instead.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

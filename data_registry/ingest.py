@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,9 +129,9 @@ def decide(items: Sequence[_Item], version: int, exclusion: Exclusion | None) ->
 
 
 def _store(root: Path, admitted: Admitted) -> None:
-    write_atomic(root / admitted.case.image, admitted.image_png)
+    write_atomic(root / admitted.case.image, admitted.image_png, durable=False)
     if admitted.mask_png is not None:
-        write_atomic(root / admitted.case.masks[0], admitted.mask_png)
+        write_atomic(root / admitted.case.masks[0], admitted.mask_png, durable=False)
 
 
 def ingest(
@@ -222,6 +223,7 @@ def ingest(
             eligible_total=sum(e.eligible for e in decision.entries),
             content_hash=content_hash,
         )
+        os.sync()  # every stored image reaches the disk before the version that names it
         write_version(
             registry_dir,
             VersionState(

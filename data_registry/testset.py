@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,6 +174,7 @@ def lock_testset(
         phash=tuple(sorted(exclusion_phash)),
         patients=frozenset(patients),
     )
+    os.sync()  # the images reach the disk before the manifest that seals them
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     write_atomic(out / "exclusion.json", exclusion.to_json().encode())
     write_atomic(out / "SEAL", f"{digest}\n".encode())
@@ -183,9 +185,9 @@ def _write_case(out: Path, site_id: str, admitted: Admitted) -> dict[str, object
     case = admitted.case
     image = f"images/{site_id}/{case.case_id}.png"
     mask = f"masks/{site_id}/{case.case_id}.png"
-    write_atomic(out / image, admitted.image_png)
     assert admitted.mask_png is not None  # lesion cases always have a mask
-    write_atomic(out / mask, admitted.mask_png)
+    write_atomic(out / image, admitted.image_png, durable=False)
+    write_atomic(out / mask, admitted.mask_png, durable=False)
     record: dict[str, object] = {
         "case_id": case.case_id,
         "patient_id": case.patient_id,
