@@ -26,7 +26,7 @@ test: lint ## lint, then the whole test suite
 	$(BIN)/pytest
 
 demo: setup ## the main job end to end, on the synthetic phantom
-	PATH=$(abspath $(BIN)):$$PATH ./scripts/demo.sh $(RUNS)/demo
+	PATH=$(abspath $(BIN)):$$PATH ./scripts/demo.sh
 
 bench: setup ## benchmarks (JSON results under bench/results)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.registry --data $(DATA) --out bench/results
