@@ -1,0 +1,315 @@
+"""Probability calibration, BI-RADS suggestion and the three operating modes.
+
+- Temperature scaling: one scalar ``T`` fitted on validation logits by minimising the negative
+  log-likelihood over ``log T`` (so ``T`` stays positive); ``p = sigmoid(logit / T)``.
+- :data:`BIRADS_BANDS`: the ACR likelihood-of-malignancy bands, and :func:`birads_for`.
+- :func:`choose_operating_points`: the thresholds of the console's three modes, chosen on
+  validation cases and shipped in a model bundle's ``metadata.json``
+  (:meth:`OperatingPoints.to_dict` / :meth:`OperatingPoints.from_dict`).
+
+A case is called malignant when its calibrated probability is at or above the mode's threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy.optimize import minimize_scalar
+from scipy.special import log_expit, log_softmax
+from sklearn.metrics import roc_curve
+
+from data_registry.schema import BiRads
+from models._analysis_errors import CalibrationError
+
+TEMPERATURE_RANGE = (0.05, 20.0)
+"""Temperatures searched by :func:`fit_temperature` (a wider range means a broken model)."""
+TARGET_SENSITIVITY = 0.95
+"""Validation sensitivity the high-sensitivity mode must reach."""
+TARGET_SPECIFICITY = 0.90
+"""Validation specificity the high-specificity mode must reach."""
+
+
+class Mode(StrEnum):
+    """The console's operating modes."""
+
+    HIGH_SENSITIVITY = "high-sensitivity"
+    HIGH_ACCURACY = "high-accuracy"
+    HIGH_SPECIFICITY = "high-specificity"
+
+
+@dataclass(frozen=True)
+class BiRadsBand:
+    """One assessment category and its likelihood-of-malignancy band.
+
+    Attributes:
+        category: the BI-RADS category.
+        low: lower bound of the band (excluded, except 0 for category 3).
+        high: upper bound (included, except for 4C, whose bound 0.95 belongs to 5).
+    """
+
+    category: BiRads
+    low: float
+    high: float
+
+
+BIRADS_BANDS: tuple[BiRadsBand, ...] = (
+    BiRadsBand(BiRads.B3, 0.0, 0.02),
+    BiRadsBand(BiRads.B4A, 0.02, 0.10),
+    BiRadsBand(BiRads.B4B, 0.10, 0.50),
+    BiRadsBand(BiRads.B4C, 0.50, 0.95),
+    BiRadsBand(BiRads.B5, 0.95, 1.0),
+)
+"""ACR BI-RADS likelihood of malignancy: 3 ≤ 2 %, 4A > 2–10 %, 4B > 10–50 %, 4C > 50 to < 95 %,
+5 ≥ 95 %. Categories 1 and 2 (no finding, certainly benign) are not suggested by a model that
+was given a lesion to assess; its lowest suggestion is 3."""
+
+
+def birads_for(probability: float) -> BiRads:
+    """BI-RADS category suggested by a calibrated probability of malignancy.
+
+    Args:
+        probability: probability of malignancy in [0, 1].
+
+    Returns:
+        3 for p ≤ 0.02, 4A for p ≤ 0.10, 4B for p ≤ 0.50, 4C for p < 0.95, else 5.
+
+    Raises:
+        CalibrationError: the probability is not a number in [0, 1].
+    """
+    p = float(probability)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise CalibrationError(f"a probability must lie in [0, 1]; got {probability!r}")
+    for band in BIRADS_BANDS[:-2]:
+        if p <= band.high:
+            return band.category
+    return BiRads.B4C if p < BIRADS_BANDS[-1].low else BiRads.B5
+
+
+def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
+    """Temperature that minimises the validation negative log-likelihood.
+
+    Args:
+        logits: validation logits: shape (n,) for one malignancy logit per case, or (n, C)
+            for C-class logits (softmax).
+        y_true: labels: 0/1 for (n,) logits, class indices 0..C-1 for (n, C) logits.
+
+    Returns:
+        The temperature ``T`` (> 0); divide logits by it before the sigmoid or softmax.
+
+    Raises:
+        CalibrationError: shapes disagree, values are not finite, labels are out of range,
+            only one class is present, or the optimum lies at the edge of
+            :data:`TEMPERATURE_RANGE`.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true)
+    if z.ndim not in (1, 2) or y.shape != z.shape[:1] or len(y) == 0:
+        raise CalibrationError(
+            f"expected logits (n,) or (n, C) and n labels; got {z.shape}, {y.shape}"
+        )
+    if not np.all(np.isfinite(z)):
+        raise CalibrationError("logits must be finite numbers")
+    n_classes = 2 if z.ndim == 1 else z.shape[1]
+    if not np.issubdtype(y.dtype, np.integer) and y.dtype != bool:
+        raise CalibrationError(f"labels must be integers; got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise CalibrationError(f"labels must lie in 0..{n_classes - 1}; got {np.unique(y)}")
+    if len(np.unique(y)) < 2:
+        raise CalibrationError("temperature scaling needs both classes in the validation labels")
+
+    def nll(log_t: float) -> float:
+        scaled = z / math.exp(log_t)
+        if z.ndim == 1:
+            return float(-np.mean(np.where(y == 1, log_expit(scaled), log_expit(-scaled))))
+        return float(-np.mean(log_softmax(scaled, axis=1)[np.arange(len(y)), y]))
+
+    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    if not result.success or min(result.x - low, high - result.x) < 1e-3:
+        raise CalibrationError(
+            f"no temperature in {TEMPERATURE_RANGE} minimises the validation loss "
+            "(logits carry no signal, or are separated perfectly)"
+        )
+    return float(math.exp(result.x))
+
+
+def apply_temperature(logits: ArrayLike, temperature: float) -> NDArray[np.float64]:
+    """Calibrated probabilities from logits.
+
+    Args:
+        logits: shape (n,) malignancy logits, or (n, C) class logits.
+        temperature: the fitted temperature (> 0).
+
+    Returns:
+        Shape (n,) probabilities of malignancy, or (n, C) class probabilities.
+
+    Raises:
+        CalibrationError: the temperature is not positive and finite.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CalibrationError(f"temperature must be positive and finite; got {temperature!r}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if z.ndim == 1:
+        return np.exp(log_expit(z))
+    return np.exp(log_softmax(z, axis=1))
+
+
+class OperatingPoint(BaseModel):
+    """One mode's threshold and the validation rates it achieved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    sensitivity: float = Field(ge=0.0, le=1.0)
+    specificity: float = Field(ge=0.0, le=1.0)
+
+
+class OperatingPoints(BaseModel):
+    """The three modes' operating points, as shipped in a bundle's metadata.
+
+    Serialised with the mode names as keys: ``{"high-sensitivity": {"threshold": ...,
+    "sensitivity": ..., "specificity": ...}, "high-accuracy": {...}, "high-specificity": {...}}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    high_sensitivity: OperatingPoint = Field(alias=Mode.HIGH_SENSITIVITY.value)
+    high_accuracy: OperatingPoint = Field(alias=Mode.HIGH_ACCURACY.value)
+    high_specificity: OperatingPoint = Field(alias=Mode.HIGH_SPECIFICITY.value)
+
+    def point(self, mode: Mode | str) -> OperatingPoint:
+        """The operating point of a mode.
+
+        Args:
+            mode: a :class:`Mode` or its name (``"high-sensitivity"``, ...).
+
+        Returns:
+            Its threshold and validation rates.
+
+        Raises:
+            CalibrationError: the mode is unknown.
+        """
+        try:
+            mode = Mode(mode)
+        except ValueError as e:
+            raise CalibrationError(
+                f"unknown mode {mode!r}; expected one of {[m.value for m in Mode]}"
+            ) from e
+        return getattr(self, mode.name.lower())
+
+    def thresholds(self) -> dict[str, float]:
+        """Mode name to threshold (e.g. for :func:`models.metrics.summarize`)."""
+        return {mode.value: self.point(mode).threshold for mode in Mode}
+
+    def suggest(self, probability: float, mode: Mode | str) -> Literal["benign", "malignant"]:
+        """The benign/malignant suggestion of a probability in a mode.
+
+        Args:
+            probability: calibrated probability of malignancy in [0, 1].
+            mode: the operating mode.
+
+        Returns:
+            ``"malignant"`` when the probability is at or above the mode's threshold.
+
+        Raises:
+            CalibrationError: unknown mode, or the probability is not in [0, 1].
+        """
+        threshold = self.point(mode).threshold
+        if not 0.0 <= float(probability) <= 1.0:
+            raise CalibrationError(f"a probability must lie in [0, 1]; got {probability!r}")
+        return "malignant" if probability >= threshold else "benign"
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """JSON-ready dict keyed by mode name."""
+        return self.model_dump(by_alias=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OperatingPoints:
+        """Read operating points written by :meth:`to_dict`.
+
+        Args:
+            data: a dict keyed by the three mode names.
+
+        Returns:
+            The operating points.
+
+        Raises:
+            CalibrationError: a mode is missing, a key is unknown or a value is out of range.
+        """
+        try:
+            return cls.model_validate(data, by_alias=True, by_name=False)
+        except ValidationError as e:
+            raise CalibrationError(f"malformed operating points: {e}") from e
+
+
+def choose_operating_points(y_true: ArrayLike, prob: ArrayLike) -> OperatingPoints:
+    """Thresholds of the three modes, chosen on validation cases.
+
+    Candidate thresholds are the validation probabilities themselves.
+
+    - high-sensitivity: the highest threshold whose sensitivity is ≥ :data:`TARGET_SENSITIVITY`;
+    - high-specificity: the lowest threshold whose specificity is ≥ :data:`TARGET_SPECIFICITY`;
+    - high-accuracy: the threshold of maximum balanced accuracy (among ties, the lowest, i.e.
+      the most sensitive).
+
+    Args:
+        y_true: validation labels, 0 or 1.
+        prob: calibrated validation probabilities of malignancy.
+
+    Returns:
+        The three operating points with the sensitivity and specificity each reached.
+
+    Raises:
+        CalibrationError: labels not 0/1, one class only, lengths differ, probabilities
+            outside [0, 1], or the specificity target cannot be met by any case's probability
+            (too many benign cases tied at the highest probability).
+    """
+    y, p = _validation_set(y_true, prob)
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # roc_curve puts +inf first (nothing called malignant)
+    thresholds, sens, spec = thresholds[finite], tpr[finite], 1.0 - fpr[finite]
+
+    def point(i: int) -> OperatingPoint:
+        return OperatingPoint(
+            threshold=float(thresholds[i]),
+            sensitivity=float(sens[i]),
+            specificity=float(spec[i]),
+        )
+
+    # thresholds decrease along the curve: the first index meeting a target is the highest.
+    meets_sens = np.flatnonzero(sens >= TARGET_SENSITIVITY)
+    meets_spec = np.flatnonzero(spec >= TARGET_SPECIFICITY)
+    if meets_spec.size == 0:
+        raise CalibrationError(
+            f"no threshold reaches specificity {TARGET_SPECIFICITY}: too many benign cases share "
+            "the highest probability"
+        )
+    balanced = (sens + spec) / 2
+    best = np.flatnonzero(balanced == balanced.max())[-1]
+    return OperatingPoints(
+        high_sensitivity=point(int(meets_sens[0])),
+        high_accuracy=point(int(best)),
+        high_specificity=point(int(meets_spec[-1])),
+    )
+
+
+def _validation_set(y_true: ArrayLike, prob: ArrayLike) -> tuple[NDArray, NDArray]:
+    y, p = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape or y.size == 0:
+        raise CalibrationError(
+            f"expected matching 1-D labels and probabilities; got {y.shape}, {p.shape}"
+        )
+    if not np.all(np.isin(y, (0, 1))):
+        raise CalibrationError(f"labels must be 0 (benign) or 1 (malignant); got {np.unique(y)}")
+    if not (np.all(np.isfinite(p)) and p.min() >= 0.0 and p.max() <= 1.0):
+        raise CalibrationError("probabilities must be finite and lie in [0, 1]")
+    if len(np.unique(y)) < 2:
+        raise CalibrationError("choosing operating points needs both classes in validation")
+    return y.astype(np.int64), p

@@ -1,0 +1,548 @@
+"""Interpretable lesion features and ACR BI-RADS lexicon descriptors from a mask and its image.
+
+Pure numpy/scipy/scikit-image: this runs on the console, next to the network. Everything is
+computed on a crop around the lesion (the lesion plus the band beside and below it that the
+posterior and surrounding-tissue terms need), so the cost depends on the lesion, not the image.
+
+Conventions: ``image`` is an 8-bit greyscale B-mode image, rows run from the skin (top) into
+depth, ``mask`` a boolean lesion mask of the same shape. Only the largest connected component
+of the mask is analysed, with its holes filled. Contour-shape features are computed on the
+outline resampled to a fixed number of points, so they do not depend on the lesion's size in
+pixels; ``area`` and ``perimeter`` are in pixels (divide by the pixel spacing where known).
+
+The decision thresholds below are named constants, one or two per term. They were set to
+maximise Cohen's kappa on the BrEaST radiologists' lexicon labels (with their own masks) while
+keeping the synthetic phantom's ground truth well recovered and the values physically sensible
+(e.g. equal brightness is isoechoic); ``tests/test_descriptors.py`` measures and prints both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+from skimage import measure
+from skimage.feature import graycomatrix, graycoprops
+
+from data_registry.schema import (
+    Descriptors,
+    EchoPattern,
+    Margin,
+    Orientation,
+    PosteriorFeatures,
+    Shape,
+)
+from models._analysis_errors import MaskError
+
+# --- geometry of the analysis -------------------------------------------------------------------
+CONTOUR_POINTS = 128
+"""Points the outline is resampled to (equally spaced along its length)."""
+CORNER_WINDOW = 4
+"""Half-width, in resampled points, of the chords whose turning angle defines a corner (~1/32 of
+the outline on each side)."""
+CURVATURE_WINDOW = 2
+"""Half-width, in resampled points, of the chords of the curvature energy (above pixel steps)."""
+LOW_BAND = (2, 8)
+"""Fourier harmonics of the ellipse-normalised radius that describe lobes (2 to 7 per outline)."""
+HIGH_BAND = (8, 32)
+"""Harmonics that describe small undulations and spikes (8 to 31 per outline)."""
+RING_FRACTION = 0.25
+"""Width of the inner and outer boundary rings, as a fraction of the lesion's equivalent radius."""
+MIN_RING_PX = 3.0
+"""Smallest ring width in pixels, so that small lesions still get a usable band."""
+SURROUND_GAP_FRACTION = 0.25
+"""Gap between the lesion and the surrounding-tissue reference band (fraction of the radius)."""
+SURROUND_FRACTION = 0.75
+"""Width of the surrounding-tissue reference band (fraction of the equivalent radius)."""
+POSTERIOR_DEPTH_FRACTION = 0.75
+"""Depth of the posterior region below the lesion, as a fraction of the lesion's height."""
+POSTERIOR_CORE_FRACTION = 0.6
+"""Central share of the lesion's width whose columns form the posterior region."""
+POSTERIOR_STRIPS = 4
+"""Vertical strips the posterior region is split into (combined = dark and bright strips)."""
+BACKGROUND_LEVEL = 3
+"""Pixels at or below this grey level outside the lesion are taken as outside the scan sector."""
+SMOOTHING_SIGMA = 1.0
+"""Gaussian sigma (pixels) applied against speckle before intensity and gradient measures."""
+OUTLINE_SIGMA = 1.0
+"""Gaussian sigma (pixels) applied to the mask before its outline is traced, so that pixel
+steps (and the jagged edges of resized masks) do not read as margin detail."""
+COARSE_FRACTION = 0.1
+"""Gaussian sigma (fraction of the equivalent radius, at least 2 px) of the coarse view of the
+interior in which speckle is averaged out and only echo structure (fluid, solid parts) remains."""
+OUTLINE_PAD = 3
+"""Margin (pixels) around the lesion's bounding box in which its outline is traced."""
+EDGE_BAND_PX = 1.5
+"""Width (pixels) of the bands just inside and just outside the contour (the edge itself)."""
+GLCM_LEVELS = 16
+"""Grey levels of the co-occurrence matrix (256 / 16 = 16 levels)."""
+
+# --- descriptor thresholds ----------------------------------------------------------------------
+NOT_PARALLEL_ASPECT = 1.0
+"""Depth over width of the lesion (from its second moments) above which it is taller than
+wide: not parallel to the skin."""
+ROUND_AXIS_RATIO = 0.8
+"""Minor/major axis ratio of the fitted ellipse at or above which a regular mass is round."""
+IRREGULAR_SOLIDITY = 0.94
+"""Solidity (area over convex-hull area) below which the shape is irregular (concavities)."""
+IRREGULAR_CURVATURE = 12.0
+"""Curvature energy (1 for a circle) above which the outline is irregular (many bends)."""
+INDISTINCT_GRADIENT = 0.06
+"""Mean intensity gradient across the contour (per pixel, relative to the surrounding tissue)
+below which the margin is indistinct: no sharp demarcation."""
+ANGULAR_TURN_DEG = 90.0
+"""Sharpest turn of the outline (degrees, between chords of 1/32 of the outline) above which the
+margin is angular."""
+MICROLOBULATED_AMPLITUDE = 0.045
+"""RMS amplitude of the radius's high harmonics (8-31 undulations per outline, relative to the
+fitted ellipse) above which the margin is microlobulated."""
+SPICULATED_CURVATURE = 20.0
+"""Curvature energy above which the outline is spiculated, provided ..."""
+SPICULATED_SPIKES = 2
+"""... at least this many narrow radial spikes stand out of it."""
+SPIKE_HEIGHT = 0.12
+"""Height of a radial spike (relative radius above the outline smoothed over 1/8 of it)."""
+NOT_CIRCUMSCRIBED_CURVATURE = 9.0
+"""Curvature energy above which an outline is too wavy for a circumscribed margin. Such a
+margin is reported indistinct (alongside any specific pattern found), the term radiologists
+use for most margins that are not sharply demarcated."""
+ANECHOIC_RATIO = 0.15
+"""Lesion/surrounding mean intensity below which a mass is anechoic."""
+HYPOECHOIC_RATIO = 0.65
+"""Lesion/surrounding mean intensity below which a mass is hypoechoic."""
+HYPERECHOIC_RATIO = 1.1
+"""Lesion/surrounding mean intensity above which a mass is hyperechoic. The surrounding band
+mixes fat with brighter glandular tissue, so the hypoechoic ratio sits below the one a reader
+would use against fat alone."""
+HETEROGENEOUS_STD = 0.15
+"""Standard deviation of the coarse interior over the surrounding mean above which the echo
+pattern is heterogeneous."""
+FLUID_LEVEL = 0.35
+"""Relative intensity (of the surrounding mean) below which a coarse interior pixel is fluid."""
+SOLID_LEVEL = 0.7
+"""Relative intensity above which a coarse interior pixel is solid tissue."""
+COMPLEX_MIN_FRACTION = 0.2
+"""Share of the interior that must be fluid, and solid, for a complex cystic/solid mass."""
+ENHANCEMENT_RATIO = 1.3
+"""Below-lesion over beside-lesion intensity above which there is posterior enhancement."""
+SHADOWING_RATIO = 0.7
+"""Below-lesion over beside-lesion intensity below which there is posterior shadowing; a dark
+strip and a bright strip below the same lesion make them combined."""
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "area",
+    "perimeter",
+    "circularity",
+    "convexity",
+    "solidity",
+    "eccentricity",
+    "axis_ratio",
+    "aspect",
+    "tilt_deg",
+    "ellipse_residual",
+    "curvature_energy",
+    "angularity_deg",
+    "corner_count",
+    "lobulation",
+    "microlobulation",
+    "spike_count",
+    "boundary_gradient",
+    "edge_sharpness",
+    "ring_contrast",
+    "interior_mean_rel",
+    "interior_std_rel",
+    "heterogeneity",
+    "fluid_fraction",
+    "solid_fraction",
+    "posterior_ratio",
+    "posterior_min_ratio",
+    "posterior_max_ratio",
+    "glcm_contrast",
+    "glcm_homogeneity",
+)
+"""Keys of :func:`lesion_features`, in a fixed order (the column order of a feature matrix)."""
+
+
+class LesionDescriptors(Descriptors):
+    """Lexicon descriptors of one mass, every term decided (none is unknown).
+
+    A :class:`data_registry.schema.Descriptors` whose fields are all required, so it can be
+    stored wherever the case schema takes descriptors.
+    """
+
+    shape: Shape
+    orientation: Orientation
+    margin: tuple[Margin, ...] = Field(min_length=1)
+    echo_pattern: EchoPattern
+    posterior_features: PosteriorFeatures
+
+
+def lesion_features(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> dict[str, float]:
+    """Shape, margin, intensity, posterior and texture features of one lesion.
+
+    Args:
+        image: 2-D greyscale B-mode image (uint8; other integer or float types in 0..255 work).
+        mask: 2-D lesion mask of the same shape (non-zero = lesion).
+
+    Returns:
+        A dict with the keys of :data:`FEATURE_NAMES`, all finite floats.
+
+    Raises:
+        MaskError: the image is not 2-D, the shapes differ, or the mask is empty or too small
+            to have an outline (fewer than 9 pixels).
+    """
+    region = _Region(image, mask)
+    return {**region.shape_features(), **region.intensity_features()}
+
+
+def describe(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> LesionDescriptors:
+    """ACR BI-RADS ultrasound lexicon descriptors of one mass.
+
+    Args:
+        image: 2-D greyscale B-mode image, as for :func:`lesion_features`.
+        mask: 2-D lesion mask of the same shape.
+
+    Returns:
+        The shape, orientation, margin terms, echo pattern and posterior features.
+
+    Raises:
+        MaskError: as for :func:`lesion_features`.
+    """
+    return descriptors_from_features(lesion_features(image, mask))
+
+
+def descriptors_from_features(features: dict[str, float]) -> LesionDescriptors:
+    """The lexicon terms that the thresholds of this module assign to computed features.
+
+    Args:
+        features: the output of :func:`lesion_features`.
+
+    Returns:
+        The descriptors.
+
+    Raises:
+        KeyError: a feature is missing.
+    """
+    return LesionDescriptors(
+        shape=_shape(features),
+        orientation=(
+            Orientation.NOT_PARALLEL
+            if features["aspect"] > NOT_PARALLEL_ASPECT
+            else Orientation.PARALLEL
+        ),
+        margin=_margin(features),
+        echo_pattern=_echo_pattern(features),
+        posterior_features=_posterior(features),
+    )
+
+
+def _shape(f: dict[str, float]) -> Shape:
+    if f["solidity"] < IRREGULAR_SOLIDITY or f["curvature_energy"] > IRREGULAR_CURVATURE:
+        return Shape.IRREGULAR
+    return Shape.ROUND if f["axis_ratio"] >= ROUND_AXIS_RATIO else Shape.OVAL
+
+
+def _margin(f: dict[str, float]) -> tuple[Margin, ...]:
+    terms = {
+        Margin.INDISTINCT: (
+            f["boundary_gradient"] < INDISTINCT_GRADIENT
+            or f["curvature_energy"] > NOT_CIRCUMSCRIBED_CURVATURE
+        ),
+        Margin.ANGULAR: f["angularity_deg"] > ANGULAR_TURN_DEG,
+        Margin.MICROLOBULATED: f["microlobulation"] > MICROLOBULATED_AMPLITUDE,
+        Margin.SPICULATED: (
+            f["curvature_energy"] > SPICULATED_CURVATURE and f["spike_count"] >= SPICULATED_SPIKES
+        ),
+    }
+    found = tuple(term for term, present in terms.items() if present)
+    return found or (Margin.CIRCUMSCRIBED,)
+
+
+def _echo_pattern(f: dict[str, float]) -> EchoPattern:
+    if f["fluid_fraction"] >= COMPLEX_MIN_FRACTION and f["solid_fraction"] >= COMPLEX_MIN_FRACTION:
+        return EchoPattern.COMPLEX_CYSTIC_SOLID
+    if f["interior_mean_rel"] < ANECHOIC_RATIO:
+        return EchoPattern.ANECHOIC
+    if f["heterogeneity"] > HETEROGENEOUS_STD:
+        return EchoPattern.HETEROGENEOUS
+    if f["interior_mean_rel"] < HYPOECHOIC_RATIO:
+        return EchoPattern.HYPOECHOIC
+    if f["interior_mean_rel"] > HYPERECHOIC_RATIO:
+        return EchoPattern.HYPERECHOIC
+    return EchoPattern.ISOECHOIC
+
+
+def _posterior(f: dict[str, float]) -> PosteriorFeatures:
+    if f["posterior_min_ratio"] < SHADOWING_RATIO and f["posterior_max_ratio"] > ENHANCEMENT_RATIO:
+        return PosteriorFeatures.COMBINED
+    if f["posterior_ratio"] > ENHANCEMENT_RATIO:
+        return PosteriorFeatures.ENHANCEMENT
+    if f["posterior_ratio"] < SHADOWING_RATIO:
+        return PosteriorFeatures.SHADOWING
+    return PosteriorFeatures.NONE
+
+
+class _Region:
+    """The lesion's crop, outline and distance maps, shared by the feature groups."""
+
+    def __init__(self, image: NDArray, mask: NDArray) -> None:
+        image = np.asarray(image)
+        mask = np.asarray(mask)
+        if image.ndim != 2 or mask.shape != image.shape:
+            raise MaskError(
+                f"expected a 2-D image and a mask of the same shape; got {image.shape} and "
+                f"{mask.shape}"
+            )
+        rows, cols = np.nonzero(mask)
+        if rows.size < 9:
+            raise MaskError(f"the mask has {rows.size} lesion pixels; at least 9 are needed")
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        height, width = r1 - r0, c1 - c0
+        radius = math.sqrt(rows.size / math.pi)
+        side = math.ceil(max(width / 2, radius * (SURROUND_GAP_FRACTION + SURROUND_FRACTION)))
+        top = math.ceil(radius * (SURROUND_GAP_FRACTION + SURROUND_FRACTION)) + 2
+        below = math.ceil(height * POSTERIOR_DEPTH_FRACTION) + 2
+        self.rows = slice(max(r0 - top, 0), min(r1 + below, image.shape[0]))
+        self.cols = slice(max(c0 - side - 2, 0), min(c1 + side + 2, image.shape[1]))
+        self.image = image[self.rows, self.cols].astype(np.float64)
+        self.mask = _largest_component(mask[self.rows, self.cols] != 0)
+        self.smooth = ndi.gaussian_filter(self.image, SMOOTHING_SIGMA)
+        self.area = float(self.mask.sum())
+        self.radius = math.sqrt(self.area / math.pi)
+        rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
+        self.extent = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)  # the lesion in the crop
+        self.contour = _outline(self.mask[self.box(OUTLINE_PAD)])
+
+    def box(self, pad: int) -> tuple[slice, slice]:
+        """The lesion's bounding box in the crop, widened by ``pad`` pixels on each side."""
+        r0, r1, c0, c1 = self.extent
+        return slice(max(r0 - pad, 0), r1 + pad), slice(max(c0 - pad, 0), c1 + pad)
+
+    # --- shape ------------------------------------------------------------------------------
+    def shape_features(self) -> dict[str, float]:
+        circle_turn = 2 * math.pi * CURVATURE_WINDOW / CONTOUR_POINTS
+        props = measure.regionprops(self.mask[self.box(OUTLINE_PAD)].astype(np.uint8))[0]
+        mu = props.moments_central  # mu[p, q] = sum (row - r0)^p (col - c0)^q
+        major, minor = props.axis_major_length, max(props.axis_minor_length, 1e-6)
+        perimeter = _polyline_length(self.contour)
+        hull_area, hull_perimeter = _hull(self.contour)
+        outline = _resample(self.contour, CONTOUR_POINTS)
+        rho = _ellipse_radius(outline, props)
+        turning = _turning_angles(outline, CORNER_WINDOW)
+        fine_turns = _turning_angles(outline, CURVATURE_WINDOW)
+        spectrum = np.abs(np.fft.rfft(rho - rho.mean())) / (CONTOUR_POINTS / 2)
+        corners = _peaks(np.abs(turning), math.radians(ANGULAR_TURN_DEG))
+        spikes = _peaks(rho - _circular_smooth(rho, 2 * CORNER_WINDOW), SPIKE_HEIGHT)
+        return {
+            "area": self.area,
+            "perimeter": perimeter,
+            "circularity": min(4 * math.pi * self.area / perimeter**2, 1.0),
+            "convexity": min(hull_perimeter / perimeter, 1.0),
+            "solidity": min(_polygon_area(self.contour) / hull_area, 1.0),
+            "eccentricity": float(props.eccentricity),
+            "axis_ratio": float(minor / major),
+            "aspect": math.sqrt(mu[2, 0] / max(mu[0, 2], 1e-9)),  # depth over width
+            "tilt_deg": float(abs(math.degrees(props.orientation))),
+            "ellipse_residual": float(np.sqrt(np.mean((rho - 1.0) ** 2))),
+            # mean squared turning over that of a circle: 1.0 for a circle, larger when wavy
+            "curvature_energy": float(np.mean(fine_turns**2) / circle_turn**2),
+            "angularity_deg": float(math.degrees(np.abs(turning).max())),
+            "corner_count": float(corners),
+            "lobulation": float(np.sqrt(np.sum(spectrum[slice(*LOW_BAND)] ** 2))),
+            "microlobulation": float(np.sqrt(np.sum(spectrum[slice(*HIGH_BAND)] ** 2))),
+            "spike_count": float(spikes),
+        }
+
+    # --- margin, echo pattern, posterior features, texture ---------------------------------
+    def intensity_features(self) -> dict[str, float]:
+        inside = np.zeros(self.mask.shape)
+        inside[self.box(1)] = _distance(self.mask[self.box(1)])
+        outside = _distance(~self.mask)
+        ring = max(MIN_RING_PX, RING_FRACTION * self.radius)
+        valid = self.image > BACKGROUND_LEVEL
+        inner = (inside > 0) & (inside <= ring)
+        outer = (outside > 0) & (outside <= ring) & valid
+        ref = max(
+            _mean(self.smooth, self._surround(outside, valid), _mean(self.smooth, outer)), 1.0
+        )
+        core = inside > min(ring, 0.5 * inside.max())  # the interior away from the margin
+        interior = self.smooth[core]
+        sigma = max(2.0, COARSE_FRACTION * self.radius)
+        box = self.box(math.ceil(3 * sigma))
+        coarse = ndi.gaussian_filter(self.image[box], sigma)[core[box]]
+        step_rings = _mean(self.smooth, outer) - _mean(self.smooth, inner)
+        near = self.box(OUTLINE_PAD)  # the contour's neighbourhood
+        edge_in = (inside[near] > 0) & (inside[near] <= EDGE_BAND_PX)
+        edge_out = (outside[near] > 0) & (outside[near] <= EDGE_BAND_PX) & valid[near]
+        smooth = self.smooth[near]
+        step_edge = _mean(smooth, edge_out) - _mean(smooth, edge_in)
+        gradient = np.hypot(*np.gradient(smooth))
+        return {
+            "boundary_gradient": _mean(gradient, edge_in | edge_out) / ref,
+            "edge_sharpness": _sharpness(step_edge, step_rings),
+            "ring_contrast": step_rings / ref,
+            "interior_mean_rel": float(interior.mean() / ref),
+            "interior_std_rel": float(self.image[core].std() / ref),
+            "heterogeneity": float(coarse.std() / ref),
+            "fluid_fraction": float(np.mean(coarse < FLUID_LEVEL * ref)),
+            "solid_fraction": float(np.mean(coarse > SOLID_LEVEL * ref)),
+            **self._posterior(valid),
+            **self._texture(),
+        }
+
+    def _surround(self, outside: NDArray, valid: NDArray) -> NDArray[np.bool_]:
+        """The band of tissue around the lesion, without the posterior region below it."""
+        gap = SURROUND_GAP_FRACTION * self.radius
+        band = (outside > gap) & (outside <= gap + SURROUND_FRACTION * self.radius) & valid
+        _, r1, c0, c1 = self.extent
+        band[r1 - 1 :, c0:c1] = False
+        return band
+
+    def _posterior(self, valid: NDArray) -> dict[str, float]:
+        r0, top, c0, c1 = self.extent
+        height, width = top - r0, c1 - c0
+        bottom = min(top + max(round(height * POSTERIOR_DEPTH_FRACTION), 4), self.image.shape[0])
+        core = max(round(width * POSTERIOR_CORE_FRACTION), POSTERIOR_STRIPS)
+        start = c0 + (width - core) // 2
+        below = self.smooth[top:bottom, start : start + core]
+        left = slice(max(c0 - width // 2, 0), c0)
+        right = slice(c1, min(c1 + width // 2, self.image.shape[1]))
+        beside = np.concatenate(
+            [self.smooth[top:bottom, side][valid[top:bottom, side]] for side in (left, right)]
+        )
+        if below.size == 0 or beside.size < POSTERIOR_STRIPS:
+            neutral = {"posterior_ratio": 1.0, "posterior_min_ratio": 1.0}
+            return {**neutral, "posterior_max_ratio": 1.0}
+        ref = max(float(beside.mean()), 1.0)
+        strips = [strip.mean() / ref for strip in np.array_split(below, POSTERIOR_STRIPS, axis=1)]
+        return {
+            "posterior_ratio": float(below.mean() / ref),
+            "posterior_min_ratio": float(min(strips)),
+            "posterior_max_ratio": float(max(strips)),
+        }
+
+    def _texture(self) -> dict[str, float]:
+        box = self.box(1)
+        levels = np.minimum(self.image[box] // (256 // GLCM_LEVELS), GLCM_LEVELS - 1)
+        levels = levels.astype(np.uint8)
+        levels[~self.mask[box]] = GLCM_LEVELS  # an extra level for "outside", dropped below
+        counts = graycomatrix(
+            levels, distances=[1], angles=[0, np.pi / 2], levels=GLCM_LEVELS + 1, symmetric=True
+        )[:GLCM_LEVELS, :GLCM_LEVELS].astype(np.float64)
+        total = counts.sum(axis=(0, 1), keepdims=True)
+        if np.any(total == 0):
+            return {"glcm_contrast": 0.0, "glcm_homogeneity": 1.0}
+        normed = counts / total
+        return {
+            "glcm_contrast": float(graycoprops(normed, "contrast").mean()),
+            "glcm_homogeneity": float(graycoprops(normed, "homogeneity").mean()),
+        }
+
+
+def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    labels, count = ndi.label(mask)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == sizes.argmax()
+    background, _ = ndi.label(~mask)
+    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    outside = np.unique(edges[edges > 0])
+    return ~np.isin(background, outside)  # the lesion and its holes
+
+
+def _distance(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Distance of each pixel of ``mask`` to the nearest pixel outside it (0 outside).
+
+    The chessboard distance (within a factor of 1.41 of the Euclidean one along diagonals):
+    enough to draw bands around a lesion, and several times faster than the exact transform.
+    """
+    return ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float64)
+
+
+def _outline(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The lesion's outer contour (sub-pixel, closed, first point not repeated)."""
+    padded = ndi.gaussian_filter(np.pad(mask, 2).astype(np.float64), OUTLINE_SIGMA)
+    contours = measure.find_contours(padded, 0.5)
+    contour = max(contours, key=len)[:-1] - 2.0
+    if len(contour) < 4:
+        raise MaskError("the lesion is too small to have an outline")
+    return contour
+
+
+def _polyline_length(points: NDArray) -> float:
+    return float(np.sum(np.linalg.norm(np.diff(points, axis=0, append=points[:1]), axis=1)))
+
+
+def _polygon_area(points: NDArray) -> float:
+    y, x = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def _hull(points: NDArray) -> tuple[float, float]:
+    """Area and perimeter of the convex hull of the outline."""
+    try:
+        hull = ConvexHull(points)
+    except QhullError as e:
+        raise MaskError("the lesion outline is degenerate (a line)") from e
+    return float(hull.volume), float(hull.area)
+
+
+def _resample(points: NDArray, count: int) -> NDArray[np.float64]:
+    """``count`` points equally spaced along the closed outline."""
+    closed = np.vstack([points, points[:1]])
+    steps = np.linalg.norm(np.diff(closed, axis=0), axis=1)
+    position = np.concatenate([[0.0], np.cumsum(steps)])
+    target = np.linspace(0.0, position[-1], count, endpoint=False)
+    return np.column_stack([np.interp(target, position, closed[:, i]) for i in (0, 1)])
+
+
+def _ellipse_radius(points: NDArray, props: measure._regionprops.RegionProperties) -> NDArray:
+    """Each outline point's radius in the fitted ellipse's frame (1.0 on the ellipse)."""
+    y0, x0 = props.centroid
+    theta = props.orientation  # angle between the row axis and the major axis
+    dy, dx = points[:, 0] - y0, points[:, 1] - x0
+    along = dy * math.cos(theta) + dx * math.sin(theta)
+    across = -dy * math.sin(theta) + dx * math.cos(theta)
+    a = max(props.axis_major_length / 2, 1e-6)
+    b = max(props.axis_minor_length / 2, 1e-6)
+    return np.hypot(along / a, across / b)
+
+
+def _turning_angles(points: NDArray, window: int) -> NDArray[np.float64]:
+    """Signed turning angle at each point between the chords to the points ``window`` away."""
+    forward = np.roll(points, -window, axis=0) - points
+    backward = points - np.roll(points, window, axis=0)
+    heading_in = np.arctan2(backward[:, 0], backward[:, 1])
+    heading_out = np.arctan2(forward[:, 0], forward[:, 1])
+    return (heading_out - heading_in + np.pi) % (2 * np.pi) - np.pi
+
+
+def _circular_smooth(values: NDArray, half_width: int) -> NDArray[np.float64]:
+    return ndi.uniform_filter1d(values, 2 * half_width + 1, mode="wrap")
+
+
+def _peaks(values: NDArray, height: float) -> int:
+    """Number of circular local maxima that exceed ``height``."""
+    is_peak = (values >= np.roll(values, 1)) & (values > np.roll(values, -1)) & (values > height)
+    return int(is_peak.sum())
+
+
+def _mean(values: NDArray, where: NDArray[np.bool_], fallback: float = 0.0) -> float:
+    return float(values[where].mean()) if where.any() else fallback
+
+
+def _sharpness(step_edge: float, step_rings: float) -> float:
+    """How much of the contrast across the rings is already present across the contour.
+
+    A sharp margin puts the whole step at the contour: the 1.5 px bands on each side see most
+    of the ring contrast. A blurred one spreads it: the edge bands see a small part of it.
+    Without a step across the rings (isoechoic) the margin cannot be told and reads as 0.
+    """
+    if abs(step_rings) < 1e-6:
+        return 0.0
+    return float(np.clip(step_edge / step_rings, 0.0, 1.0))

@@ -1,0 +1,433 @@
+"""The synthetic breast-ultrasound phantom: determinism, lexicon ground truth, sites, importer."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import TypeAdapter
+from scipy import ndimage
+from skimage.measure import regionprops
+
+from data_registry._phantom_render import speckle_envelope
+from data_registry.exceptions import SourceError
+from data_registry.importers.phantom import importer
+from data_registry.phantom import (
+    CSV_COLUMNS,
+    SCANNER_PROFILES,
+    LesionSpec,
+    ScannerProfile,
+    birads_for,
+    generate_site,
+    generate_sites,
+    make_lesion,
+    malignancy_probability,
+    render_case,
+    sample_lesion,
+)
+from data_registry.schema import (
+    BiRads,
+    Case,
+    Descriptors,
+    DeviceName,
+    EchoPattern,
+    Margin,
+    Orientation,
+    Pathology,
+    PosteriorFeatures,
+    Shape,
+)
+
+PROFILES = list(SCANNER_PROFILES.values())
+
+
+def _descriptors(
+    shape: Shape = Shape.OVAL,
+    orientation: Orientation = Orientation.PARALLEL,
+    margin: tuple[Margin, ...] = (Margin.CIRCUMSCRIBED,),
+    echo: EchoPattern = EchoPattern.HYPOECHOIC,
+    posterior: PosteriorFeatures = PosteriorFeatures.NONE,
+) -> Descriptors:
+    return Descriptors(
+        shape=shape,
+        orientation=orientation,
+        margin=margin,
+        echo_pattern=echo,
+        posterior_features=posterior,
+    )
+
+
+def _renders(
+    descriptors: Descriptors, count: int = 6
+) -> list[tuple[ScannerProfile, np.ndarray, np.ndarray]]:
+    """``count`` views of lesions with these descriptors, cycling through the profiles."""
+    views = []
+    for i in range(count):
+        rng = np.random.default_rng([2024, i])
+        profile = PROFILES[i % len(PROFILES)]
+        image, mask = render_case(rng, profile, lesion=make_lesion(rng, descriptors))
+        views.append((profile, image, mask))
+    return views
+
+
+def _fat_level(profile: ScannerProfile, image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean grey of subcutaneous fat: 2.6-4.5 mm deep is fat in every profile (skin <= 2.4 mm,
+    fat >= 4 mm thick), away from the lesion's columns."""
+    rows = slice(round(2.6 / profile.pixel_spacing_mm), round(4.5 / profile.pixel_spacing_mm))
+    away = ~ndimage.binary_dilation(mask.any(axis=0), iterations=10)
+    return float(image[rows][:, away].mean())
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _rows(site: Path) -> list[dict[str, str]]:
+    with (site / "cases.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantom")
+    generate_sites(out, sites=2, cases=8, seed=11)
+    return out
+
+
+# --- determinism and layout --------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_bytes(export: Path, tmp_path: Path) -> None:
+    generate_sites(tmp_path / "again", sites=2, cases=8, seed=11)
+    generate_sites(tmp_path / "other", sites=2, cases=8, seed=12)
+
+    first, again, other = _files(export), _files(tmp_path / "again"), _files(tmp_path / "other")
+    assert first == again
+    assert first["site-a/cases.csv"] != other["site-a/cases.csv"]
+    assert first["site-a/images/ac00000-1.png"] != other["site-a/images/ac00000-1.png"]
+
+
+def test_a_case_does_not_depend_on_the_other_cases(export: Path, tmp_path: Path) -> None:
+    site = generate_site(tmp_path, site_index=1, cases=3, seed=11)
+
+    alone = _rows(site)
+    assert alone == _rows(export / "site-b")[:3]
+    for row in alone:
+        assert (site / row["image"]).read_bytes() == (export / "site-b" / row["image"]).read_bytes()
+
+
+def test_site_folder_holds_images_masks_and_csv(tmp_path: Path) -> None:
+    site = generate_site(tmp_path, site_index=2, cases=60, seed=3)
+    profile = PROFILES[2]
+    rows = _rows(site)
+
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 60
+    for row in rows:
+        image = np.asarray(Image.open(site / row["image"]))
+        mask = np.asarray(Image.open(site / row["mask"]))
+        assert image.dtype == np.uint8
+        assert image.shape == mask.shape == (profile.height, profile.width)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert row["device"] == profile.name
+        if row["pathology"] == "normal":
+            assert not mask.any()
+            assert row["birads"] == "1" and row["seed_x"] == "" and row["margin"] == ""
+        else:
+            assert mask[int(row["seed_y"]), int(row["seed_x"])] == 255
+    views = Counter(row["patient_id"] for row in rows)
+    assert 0.05 <= sum(v == 2 for v in views.values()) / len(views) <= 0.4
+    assert 0.02 <= sum(row["pathology"] == "normal" for row in rows) / len(rows) <= 0.25
+    for patient, count in views.items():
+        same = [r for r in rows if r["patient_id"] == patient]
+        lexicon = {(r["pathology"], r["birads"], r["shape"], r["margin"]) for r in same}
+        assert len(lexicon) == 1, f"views of {patient} disagree"
+        assert len({r["image"] for r in same}) == count
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda out: generate_sites(out, sites=0, cases=1, seed=0), "sites must be 1..26"),
+        (lambda out: generate_sites(out, sites=27, cases=1, seed=0), "sites must be 1..26"),
+        (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be at least 1"),
+        (lambda out: generate_sites(out, sites=1, cases=1, seed=-1), "seed must be"),
+        (lambda out: generate_site(out, site_index=26, cases=1, seed=0), "site_index must be"),
+    ],
+)
+def test_bad_arguments_are_refused(
+    tmp_path: Path, call: Callable[[Path], object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# --- the lexicon is rendered -----------------------------------------------------------
+
+
+def test_not_parallel_lesions_are_taller_than_wide() -> None:
+    upright = _descriptors(Shape.IRREGULAR, Orientation.NOT_PARALLEL, (Margin.SPICULATED,))
+    for _, _, mask in _renders(upright) + _renders(_descriptors(orientation=upright.orientation)):
+        rows, cols = ndimage.find_objects(mask.astype(np.uint8))[0]
+        assert rows.stop - rows.start > cols.stop - cols.start
+    for _, _, mask in _renders(_descriptors()):
+        rows, cols = ndimage.find_objects(mask.astype(np.uint8))[0]
+        assert rows.stop - rows.start < cols.stop - cols.start
+
+
+def test_suspicious_margins_make_less_solid_outlines() -> None:
+    def solidity(descriptors: Descriptors) -> list[float]:
+        return [regionprops(m.astype(np.uint8))[0].solidity for _, _, m in _renders(descriptors)]
+
+    smooth = solidity(_descriptors())
+    spiculated = solidity(_descriptors(Shape.IRREGULAR, margin=(Margin.SPICULATED,)))
+    angular = solidity(_descriptors(Shape.IRREGULAR, margin=(Margin.ANGULAR,)))
+    assert min(smooth) > 0.95
+    assert max(spiculated) < min(smooth) - 0.1
+    assert max(angular) < min(smooth)
+
+
+@pytest.mark.parametrize(
+    ("echo", "low", "high"),
+    [
+        (EchoPattern.ANECHOIC, -255, -40),
+        (EchoPattern.HYPOECHOIC, -255, -25),
+        (EchoPattern.HYPERECHOIC, 20, 255),
+    ],
+)
+def test_echo_pattern_is_relative_to_fat(echo: EchoPattern, low: float, high: float) -> None:
+    for profile, image, mask in _renders(_descriptors(echo=echo)):
+        interior = image[ndimage.binary_erosion(mask, iterations=2)].mean()
+        assert low < interior - _fat_level(profile, image, mask) < high
+
+
+def _below_and_beside(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+    """Mean grey below the lesion's left and right central quarters, and beside the lesion, in
+    the rows just below it."""
+    ys, xs = np.nonzero(mask)
+    left, right = xs.min(), xs.max()
+    quarter = (right - left) // 4
+    rows = image[ys.max() + 3 : ys.max() + 3 + max(10, 2 * quarter)]
+    beside = np.r_[
+        max(0, left - 8 - 2 * quarter) : max(0, left - 8), right + 8 : right + 8 + 2 * quarter
+    ]
+    middle = (left + right) // 2
+    return (
+        float(rows[:, middle - quarter : middle].mean()),
+        float(rows[:, middle + 1 : middle + 1 + quarter].mean()),
+        float(rows[:, beside[beside < image.shape[1]]].mean()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("posterior", "low", "high"),
+    [
+        (PosteriorFeatures.SHADOWING, -255, -20),
+        (PosteriorFeatures.ENHANCEMENT, 15, 255),
+        (PosteriorFeatures.NONE, -15, 15),
+    ],
+)
+def test_posterior_features_change_the_echoes_below(
+    posterior: PosteriorFeatures, low: float, high: float
+) -> None:
+    for _, image, mask in _renders(_descriptors(echo=EchoPattern.ISOECHOIC, posterior=posterior)):
+        left, right, beside = _below_and_beside(image, mask)
+        assert low < (left + right) / 2 - beside < high
+
+
+def test_combined_posterior_pattern_shadows_one_half_and_enhances_the_other() -> None:
+    combined = _descriptors(echo=EchoPattern.ISOECHOIC, posterior=PosteriorFeatures.COMBINED)
+    for _, image, mask in _renders(combined):
+        left, right, _ = _below_and_beside(image, mask)
+        assert abs(left - right) > 30
+
+
+def test_speckle_is_fully_developed() -> None:
+    rng = np.random.default_rng(5)
+    envelope = speckle_envelope(rng, np.ones((256, 256), dtype=np.float32), PROFILES[0])
+
+    assert envelope.mean() / envelope.std() == pytest.approx(1.913, abs=0.05)  # Rayleigh
+    assert np.mean(envelope**2) == pytest.approx(1.0, abs=0.05)
+
+
+# --- malignancy ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lesions() -> list[LesionSpec]:
+    rng = np.random.default_rng(77)
+    return [sample_lesion(rng) for _ in range(3000)]
+
+
+def _malignant_share(lesions: list[LesionSpec], having: Callable[[Descriptors], bool]) -> float:
+    chosen = [s.pathology is Pathology.MALIGNANT for s in lesions if having(s.descriptors)]
+    assert len(chosen) >= 50
+    return float(np.mean(chosen))
+
+
+def test_malignancy_follows_the_lexicon(lesions: list[LesionSpec]) -> None:
+    def share(having: Callable[[Descriptors], bool]) -> float:
+        return _malignant_share(lesions, having)
+
+    assert 0.28 <= share(lambda d: True) <= 0.42
+    assert share(lambda d: Margin.SPICULATED in d.margin) > 0.75
+    assert (
+        share(lambda d: d.shape is Shape.IRREGULAR) > 0.5 > share(lambda d: d.shape is Shape.OVAL)
+    )
+    not_parallel = share(lambda d: d.orientation is Orientation.NOT_PARALLEL)
+    assert not_parallel > share(lambda d: d.orientation is Orientation.PARALLEL) + 0.3
+    posterior = {p: share(lambda d, p=p: d.posterior_features is p) for p in PosteriorFeatures}
+    assert (
+        posterior[PosteriorFeatures.SHADOWING]
+        > posterior[PosteriorFeatures.NONE]
+        > posterior[PosteriorFeatures.ENHANCEMENT]
+    )
+    benign_looking = share(
+        lambda d: (
+            d.margin == (Margin.CIRCUMSCRIBED,)
+            and d.shape is Shape.OVAL
+            and d.orientation is Orientation.PARALLEL
+        )
+    )
+    assert benign_looking < 0.05
+
+
+def test_birads_rises_with_the_malignant_share(lesions: list[LesionSpec]) -> None:
+    order = [BiRads.B2, BiRads.B3, BiRads.B4A, BiRads.B4B, BiRads.B4C, BiRads.B5]
+    shares = [
+        _malignant_share(lesions, lambda d, b=b: birads_for(malignancy_probability(d)) is b)
+        for b in order
+    ]
+    assert shares == sorted(shares)
+    assert shares[0] < 0.02 and shares[-1] > 0.9
+
+
+def test_malignancy_probability_anchors() -> None:
+    benign = malignancy_probability(_descriptors())
+    worst = _descriptors(
+        Shape.IRREGULAR,
+        Orientation.NOT_PARALLEL,
+        (Margin.SPICULATED, Margin.ANGULAR),
+        posterior=PosteriorFeatures.SHADOWING,
+    )
+    assert 0.005 < benign < 0.04
+    assert malignancy_probability(worst) > 0.95
+    assert malignancy_probability(_descriptors(echo=EchoPattern.ANECHOIC)) < benign
+    with pytest.raises(ValueError, match="every lexicon term"):
+        malignancy_probability(Descriptors(shape=Shape.OVAL))
+
+
+@pytest.mark.parametrize(
+    ("p", "category"),
+    [
+        (0.004, BiRads.B2),
+        (0.02, BiRads.B3),
+        (0.021, BiRads.B4A),
+        (0.5, BiRads.B4B),
+        (0.94, BiRads.B4C),
+        (0.96, BiRads.B5),
+    ],
+)
+def test_birads_bands(p: float, category: BiRads) -> None:
+    assert birads_for(p) is category
+
+
+# --- sites -----------------------------------------------------------------------------
+
+
+def _lateral_correlation(profile: ScannerProfile) -> float:
+    """Correlation of neighbouring grey levels 3 columns apart in fat: the speckle's width."""
+    image, _ = render_case(np.random.default_rng(8), profile, lesion=None)
+    rows = slice(round(2.6 / profile.pixel_spacing_mm), round(4.5 / profile.pixel_spacing_mm))
+    fat = image[rows].astype(float)
+    fat -= fat.mean(axis=1, keepdims=True)
+    return float(np.sum(fat[:, 3:] * fat[:, :-3]) / np.sum(fat * fat))
+
+
+def test_scanner_profiles_make_sites_differ() -> None:
+    assert len(PROFILES) >= 3
+    for profile in PROFILES:
+        TypeAdapter(DeviceName).validate_python(profile.name)
+    by_beam_width = sorted(PROFILES, key=lambda p: p.lateral_sigma_px)
+    correlations = [_lateral_correlation(p) for p in by_beam_width]
+    assert correlations == sorted(correlations)
+    assert correlations[-1] - correlations[0] > 0.3
+    assert len({(p.pixel_spacing_mm, p.height, p.width) for p in PROFILES}) == len(PROFILES)
+
+
+# --- importer --------------------------------------------------------------------------
+
+
+def test_importer_yields_schema_cases(export: Path) -> None:
+    site = export / "site-a"
+    candidates = list(importer(site))
+
+    assert importer.kind == "phantom" and importer.site_id_for(site) == "site-a"
+    assert len(candidates) == 8
+    for candidate in candidates:
+        assert candidate.problem is None
+        assert candidate.image_path.is_file()
+        assert all(p.is_file() for p in candidate.mask_paths)
+        width, height = Image.open(candidate.image_path).size
+        case = Case(
+            **candidate.fields,
+            site_id=importer.site_id_for(site),
+            image=candidate.source_key,
+            image_sha256="0" * 64,
+            source_sha256="0" * 64,
+            width=width,
+            height=height,
+            masks=tuple(str(p.relative_to(site)) for p in candidate.mask_paths),
+            ingested_at=datetime.now(UTC),
+        )
+        assert case.device == PROFILES[0].name
+        assert (case.seed is None) == (case.pathology is Pathology.NORMAL)
+        if case.is_lesion:
+            assert case.descriptors.shape is not None and case.descriptors.margin
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("margin", "circumscribed&wobbly", "unknown-label"),
+        ("pathology", "suspicious", "unknown-label"),
+        ("age", "old", "invalid-field"),
+        ("seed_x", "", "invalid-field"),
+        ("image", "../elsewhere.png", "invalid-field"),
+    ],
+)
+def test_a_bad_row_becomes_a_problem(
+    export: Path, tmp_path: Path, column: str, value: str, reason: str
+) -> None:
+    site = tmp_path / "site-a"
+    shutil.copytree(export / "site-a", site)
+    rows = _rows(site)
+    lesion_row = next(i for i, r in enumerate(rows) if r["pathology"] != "normal")
+    rows[lesion_row][column] = value
+    with (site / "cases.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    candidates = list(importer(site))
+
+    assert len(candidates) == len(rows)
+    bad = candidates.pop(lesion_row)
+    assert bad.problem is not None and bad.problem.reason == reason
+    assert bad.problem.detail.startswith(column)
+    assert all(c.problem is None for c in candidates)
+
+
+def test_importer_needs_cases_csv(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"cases\.csv"):
+        importer(tmp_path)
