@@ -267,9 +267,9 @@ def choose_operating_points(y_true: ArrayLike, prob: ArrayLike) -> OperatingPoin
         The three operating points with the sensitivity and specificity each reached.
 
     Raises:
-        CalibrationError: labels not 0/1, one class only, lengths differ, probabilities
-            outside [0, 1], or the specificity target cannot be met by any case's probability
-            (too many benign cases tied at the highest probability).
+        CalibrationError: labels not 0/1, one class only, lengths differ, or probabilities
+            outside [0, 1]. When benign cases tie at the highest probability, high-specificity
+            falls back to a threshold above every probability (specificity 1, sensitivity 0).
     """
     y, p = _validation_set(y_true, prob)
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
@@ -286,17 +286,17 @@ def choose_operating_points(y_true: ArrayLike, prob: ArrayLike) -> OperatingPoin
     # thresholds decrease along the curve: the first index meeting a target is the highest.
     meets_sens = np.flatnonzero(sens >= TARGET_SENSITIVITY)
     meets_spec = np.flatnonzero(spec >= TARGET_SPECIFICITY)
-    if meets_spec.size == 0:
-        raise CalibrationError(
-            f"no threshold reaches specificity {TARGET_SPECIFICITY}: too many benign cases share "
-            "the highest probability"
-        )
+    if meets_spec.size:
+        high_specificity = point(int(meets_spec[-1]))
+    else:  # benign cases tie at the top: only "call nothing malignant" reaches the target
+        above_all = float(np.nextafter(p.max(), np.inf))
+        high_specificity = OperatingPoint(threshold=above_all, sensitivity=0.0, specificity=1.0)
     balanced = (sens + spec) / 2
     best = np.flatnonzero(balanced == balanced.max())[-1]
     return OperatingPoints(
         high_sensitivity=point(int(meets_sens[0])),
         high_accuracy=point(int(best)),
-        high_specificity=point(int(meets_spec[-1])),
+        high_specificity=high_specificity,
     )
 
 

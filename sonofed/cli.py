@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sonofed import hospital, phantom, vendor
+from sonofed import console, hospital, phantom, vendor
 from sonofed._output import UserError
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     roles = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
     hospital.register(roles)
     vendor.register(roles)
+    console.register(roles)
     phantom.register(roles)
     return parser
 

@@ -47,6 +47,51 @@ def _verify_testset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registries(text: str) -> list[Path]:
+    paths = [Path(p) for p in text.split(",") if p]
+    missing = [str(p) for p in paths if not (p / "HEAD").is_file()]
+    if missing:
+        raise UserError(f"--sites: not a registry: {', '.join(missing)}")
+    return paths
+
+
+@handler
+def _train_central(args: argparse.Namespace) -> int:
+    from models.central import load_train_config, train_central
+    from models.exceptions import ModelError
+    from sonofed._output import add_user_errors
+
+    add_user_errors(ModelError)
+    config = load_train_config(
+        args.params, epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes
+    )
+    metadata = train_central(
+        _registries(args.sites),
+        args.out,
+        config=config,
+        testset=args.testset,
+        version=args.version,
+        progress=not args.json,
+    )
+    test = metadata.metrics.get("locked_test", {}).get("pooled", {})
+    if args.json:
+        print_json({"bundle": str(args.out), "version": metadata.version, "locked_test": test})
+        return 0
+    print(f"bundle {args.out} (version {metadata.version})")
+    if test:
+        auc = test["auc"]
+        print(
+            f"  locked test: AUC {auc['auc']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}], "
+            f"Dice {test.get('dice_mean', float('nan')):.3f}, ECE {test['ece']:.3f}"
+        )
+        for mode, row in test["thresholds"].items():
+            print(
+                f"  {mode}: sensitivity {row['sensitivity']:.3f}, specificity {row['specificity']:.3f}"
+            )
+        print(f"  report: {args.out / 'evaluation.html'}")
+    return 0
+
+
 def register(roles: argparse._SubParsersAction) -> None:
     role = roles.add_parser("vendor", help="the vendor's commands (test set, training, release)")
     commands = role.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,3 +132,23 @@ def register(roles: argparse._SubParsersAction) -> None:
     verify.add_argument("dir", type=Path, help="the locked set's folder")
     verify.add_argument("--expected-hash", help="manifest hash recorded elsewhere (e.g. dvc.lock)")
     verify.set_defaults(handler=_verify_testset)
+
+    central = commands.add_parser(
+        "train-central",
+        help="train the centrally trained baseline and write a model bundle",
+        description="Train on the eligible lesions of the given registries (patient-disjoint "
+        "validation split for early stopping, calibration and the three modes), export to ONNX "
+        "and score the bundle on the locked test set.",
+    )
+    central.add_argument("--sites", required=True, metavar="REG1,REG2,…", help="site registries")
+    central.add_argument("--testset", type=Path, help="the locked test set folder")
+    central.add_argument("--out", type=Path, default=Path("runs/central"), help="bundle folder")
+    central.add_argument("--epochs", type=int, help="training epochs (default: params.yaml)")
+    central.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    central.add_argument("--seed", type=int, help="random seed (default: params.yaml)")
+    central.add_argument("--version", default="1.0.0", help="semantic version of the bundle")
+    central.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (its `train` block)"
+    )
+    central.add_argument("--json", action="store_true", help="print the result as JSON")
+    central.set_defaults(handler=_train_central)

@@ -29,3 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def real_data() -> Path:
     """The folder holding ``busi/``, ``bus_bra/`` and ``breast_lesions_usg/``."""
     return _data_root()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory):
+    """Phantom sites, registries, a locked set and a tiny trained bundle (built once)."""
+    from tests._pipeline import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("world"))

@@ -1,0 +1,374 @@
+"""Pure-numpy geometry of seeded crops, shared by the torch layers and the torch-free console.
+
+Conventions: image pixel coordinates are ``(x, y)`` with ``x`` to the right, ``y`` down and pixel
+centres on integers; a crop of side ``S`` has its pixel centres on ``0 … S-1``. A crop is described by
+a 2×3 affine matrix ``M`` that maps homogeneous crop pixel coordinates ``(u, v, 1)`` to image pixel
+coordinates. Sampling is bilinear with zero padding and matches
+``torch.nn.functional.grid_sample(..., align_corners=False, padding_mode="zeros")`` exactly, so a
+crop taken here equals the one :mod:`models.roi` takes in training (checked in the tests).
+
+This module must not import torch: :mod:`models.inference` runs on consoles without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from models.exceptions import ConfigError
+
+__all__ = [
+    "RoiSpec",
+    "affine_to_theta",
+    "build_inputs",
+    "chebyshev_extent",
+    "crop",
+    "crop_matrix",
+    "extent_in_image",
+    "invert_affine",
+    "sample_bilinear",
+    "seed_heatmap",
+    "select_component",
+    "uncrop",
+]
+
+
+@dataclass(frozen=True)
+class RoiSpec:
+    """How the network sees a lesion: crop size, context scales and the two-pass inference scheme.
+
+    The same spec travels with the weights (in the ONNX metadata), so training, PyTorch
+    prediction and console inference crop identically.
+
+    Args:
+        crop_size: side of the square network input in pixels.
+        scales: context multipliers; channel ``i`` is a crop of half-width ``scales[i] * h`` around
+            the same centre. The mask output lives in the frame of ``scales[0]`` (which must be 1).
+        seed_sigma: width (crop pixels) of the Gaussian that marks the click in an extra input
+            channel; 0 disables that channel.
+        pass1_fractions: half-widths of the first-pass crops as fractions of the image's longer side.
+        context_factor: second-pass half-width as a multiple of the lesion extent estimated in
+            pass 1 (the extent is the Chebyshev radius of the predicted mask around the seed);
+            training crops centre on the same framing.
+        refine_passes: extra second passes, each re-estimating the extent from the previous one.
+        min_half_width: smallest crop half-width in image pixels.
+        threshold: probability above which a pixel belongs to the lesion.
+        flip_tta: average the second pass with its horizontal mirror.
+    """
+
+    crop_size: int = 96
+    scales: tuple[float, ...] = (1.0, 2.0)
+    seed_sigma: float = 4.0
+    pass1_fractions: tuple[float, ...] = (0.12, 0.24, 0.48)
+    context_factor: float = 2.0
+    refine_passes: int = 1
+    min_half_width: float = 8.0
+    threshold: float = 0.5
+    flip_tta: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 16:
+            raise ConfigError(f"crop_size must be at least 16, got {self.crop_size}")
+        if not self.scales or self.scales[0] != 1.0 or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"scales must start with 1.0 and be positive, got {self.scales}")
+        if not self.pass1_fractions or any(not 0 < f <= 1 for f in self.pass1_fractions):
+            raise ConfigError(f"pass1_fractions must lie in (0, 1], got {self.pass1_fractions}")
+        if self.context_factor <= 1.0:
+            raise ConfigError(f"context_factor must exceed 1, got {self.context_factor}")
+        if self.refine_passes < 0 or self.min_half_width <= 0 or not 0 < self.threshold < 1:
+            raise ConfigError("refine_passes >= 0, min_half_width > 0, threshold in (0, 1)")
+
+    @property
+    def target_ratio(self) -> float:
+        """Extent/half-width ratio that training centres on; pass 1 keeps the closest scale."""
+        return 1.0 / self.context_factor
+
+    @property
+    def in_channels(self) -> int:
+        """Number of network input channels: one per context scale plus the seed channel."""
+        return len(self.scales) + (1 if self.seed_sigma > 0 else 0)
+
+    def to_json(self) -> str:
+        """Serialise to JSON (for the ONNX metadata)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoiSpec:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            ConfigError: the text is not a valid spec.
+        """
+        try:
+            raw = json.loads(text)
+            raw["scales"] = tuple(raw["scales"])
+            raw["pass1_fractions"] = tuple(raw["pass1_fractions"])
+            return cls(**raw)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"invalid RoiSpec JSON: {e}") from e
+
+
+def crop_matrix(
+    center: Sequence[float],
+    half_width: float,
+    crop_size: int,
+    *,
+    angle: float = 0.0,
+    flip: bool = False,
+    aspect: float = 1.0,
+) -> np.ndarray:
+    """Affine map from crop pixel coordinates to image pixel coordinates.
+
+    The crop covers the square ``center ± half_width`` (edge to edge), rotated by ``angle``
+    radians, optionally mirrored left-right and stretched by ``aspect`` (x by ``sqrt(aspect)``,
+    y by ``1/sqrt(aspect)``).
+
+    Args:
+        center: ``(x, y)`` of the crop centre in image pixels.
+        half_width: half the side of the covered square in image pixels.
+        crop_size: side ``S`` of the crop in pixels.
+        angle: rotation in radians.
+        flip: mirror the crop horizontally.
+        aspect: anisotropic stretch (1 = none).
+
+    Returns:
+        float64 array of shape (2, 3).
+
+    Raises:
+        ConfigError: ``half_width`` or ``aspect`` is not positive.
+    """
+    if half_width <= 0 or aspect <= 0:
+        raise ConfigError(f"half_width and aspect must be positive, got {half_width}, {aspect}")
+    cos, sin = math.cos(angle), math.sin(angle)
+    rot = np.array([[cos, -sin], [sin, cos]])
+    stretch = np.diag([math.sqrt(aspect) * (-1.0 if flip else 1.0), 1.0 / math.sqrt(aspect)])
+    lin = half_width * rot @ stretch
+    scale = 2.0 / crop_size
+    offset = 1.0 / crop_size - 1.0
+    out = np.empty((2, 3))
+    out[:, :2] = lin * scale
+    out[:, 2] = np.asarray(center, dtype=np.float64) + lin @ np.array([offset, offset])
+    return out
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2×3 affine matrix (as 2×3)."""
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def affine_to_theta(
+    matrix: np.ndarray, out_size: Sequence[int], in_size: Sequence[int]
+) -> np.ndarray:
+    """Turn a pixel-space map (output pixel → input pixel) into a ``grid_sample`` theta.
+
+    Args:
+        matrix: 2×3 map from output pixel coordinates to input pixel coordinates.
+        out_size: ``(height, width)`` of the sampled output.
+        in_size: ``(height, width)`` of the sampled input.
+
+    Returns:
+        2×3 float64 theta for ``affine_grid(..., align_corners=False)``.
+    """
+    oh, ow = out_size
+    ih, iw = in_size
+    from_norm = np.array([[ow / 2.0, 0, (ow - 1) / 2.0], [0, oh / 2.0, (oh - 1) / 2.0], [0, 0, 1]])
+    to_norm = np.array([[2.0 / iw, 0, 1.0 / iw - 1], [0, 2.0 / ih, 1.0 / ih - 1], [0, 0, 1]])
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return (to_norm @ full @ from_norm)[:2]
+
+
+def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear sampling with zero padding (``grid_sample`` semantics, ``align_corners=False``).
+
+    Args:
+        image: array (H, W) or (C, H, W).
+        x: sample x coordinates in pixels (any shape).
+        y: sample y coordinates, same shape as ``x``.
+
+    Returns:
+        float32 array of shape ``x.shape`` (or ``(C,) + x.shape``).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    squeeze = img.ndim == 2
+    if squeeze:
+        img = img[None]
+    h, w = img.shape[-2:]
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    wx = (x - x0).astype(np.float32)
+    wy = (y - y0).astype(np.float32)
+    x0 = x0.astype(np.int64)
+    y0 = y0.astype(np.int64)
+    out = np.zeros((img.shape[0], *np.shape(x)), dtype=np.float32)
+    for dy, fy in ((0, 1.0 - wy), (1, wy)):
+        for dx, fx in ((0, 1.0 - wx), (1, wx)):
+            xi = x0 + dx
+            yi = y0 + dy
+            valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            vals = img[:, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+            out += vals * (fx * fy * valid)[None]
+    return out[0] if squeeze else out
+
+
+def _crop_grid(matrix: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(crop_size, dtype=np.float64)
+    u, v = np.meshgrid(idx, idx)
+    x = matrix[0, 0] * u + matrix[0, 1] * v + matrix[0, 2]
+    y = matrix[1, 0] * u + matrix[1, 1] * v + matrix[1, 2]
+    return x, y
+
+
+def crop(image: np.ndarray, matrix: np.ndarray, crop_size: int) -> np.ndarray:
+    """Resample the region ``matrix`` describes to an ``S × S`` crop.
+
+    Args:
+        image: array (H, W) or (C, H, W).
+        matrix: 2×3 crop-to-image map from :func:`crop_matrix`.
+        crop_size: side ``S``.
+
+    Returns:
+        float32 array (S, S) or (C, S, S); zero where the crop leaves the image.
+    """
+    x, y = _crop_grid(matrix, crop_size)
+    return sample_bilinear(image, x, y)
+
+
+def uncrop(crop_map: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """Map a crop-space map (e.g. mask probabilities) back onto the image.
+
+    Image pixels whose centre falls inside the crop's footprint (half-open, so crops tile) get the bilinearly interpolated
+    crop value (edge-clamped within the footprint); all others get 0.
+
+    Args:
+        crop_map: array (S, S).
+        matrix: the 2×3 crop-to-image map the crop was taken with.
+        image_shape: ``(H, W)`` of the image.
+
+    Returns:
+        float32 array (H, W).
+    """
+    size = crop_map.shape[-1]
+    h, w = int(image_shape[0]), int(image_shape[1])
+    out = np.zeros((h, w), dtype=np.float32)
+    corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1]])
+    corners = np.vstack([corners, [size - 0.5, size - 0.5, 1]]) @ matrix.T
+    x_lo = max(math.floor(corners[:, 0].min()), 0)
+    x_hi = min(math.ceil(corners[:, 0].max()) + 1, w)
+    y_lo = max(math.floor(corners[:, 1].min()), 0)
+    y_hi = min(math.ceil(corners[:, 1].max()) + 1, h)
+    if x_lo >= x_hi or y_lo >= y_hi:
+        return out
+    inv = invert_affine(matrix)
+    xs, ys = np.meshgrid(np.arange(x_lo, x_hi, dtype=np.float64), np.arange(y_lo, y_hi))
+    u = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    v = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    inside = (u >= -0.5) & (u < size - 0.5) & (v >= -0.5) & (v < size - 0.5)
+    vals = sample_bilinear(crop_map, np.clip(u, 0, size - 1), np.clip(v, 0, size - 1))
+    out[y_lo:y_hi, x_lo:x_hi] = np.where(inside, vals, 0.0)
+    return out
+
+
+def seed_heatmap(point: Sequence[float], crop_size: int, sigma: float) -> np.ndarray:
+    """Gaussian bump of peak 1 at ``point`` (crop pixel coordinates ``(u, v)``).
+
+    Returns:
+        float32 array (S, S).
+    """
+    idx = np.arange(crop_size, dtype=np.float32)
+    gx = np.exp(-((idx - point[0]) ** 2) / (2.0 * sigma**2))
+    gy = np.exp(-((idx - point[1]) ** 2) / (2.0 * sigma**2))
+    return (gy[:, None] * gx[None, :]).astype(np.float32)
+
+
+def build_inputs(
+    image01: np.ndarray,
+    seed: Sequence[float],
+    half_width: float,
+    spec: RoiSpec,
+    *,
+    center: Sequence[float] | None = None,
+    flip: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Network input channels for one crop (the numpy twin of :mod:`models.roi`).
+
+    Args:
+        image01: float image (H, W) scaled to [0, 1].
+        seed: click ``(x, y)`` in image pixels.
+        half_width: half-width of the base-scale crop in image pixels.
+        spec: the ROI spec.
+        center: crop centre (defaults to the seed).
+        flip: mirror the crop horizontally.
+
+    Returns:
+        ``(inputs, matrix)``: float32 (C, S, S) scaled to [-1, 1] (seed channel in [0, 1]) and the
+        base-scale crop-to-image matrix.
+    """
+    c = seed if center is None else center
+    size = spec.crop_size
+    channels = []
+    base = crop_matrix(c, half_width, size, flip=flip)
+    for s in spec.scales:
+        mat = base if s == 1.0 else crop_matrix(c, half_width * s, size, flip=flip)
+        channels.append(crop(image01, mat, size) * 2.0 - 1.0)
+    if spec.seed_sigma > 0:
+        inv = invert_affine(base)
+        uv = inv @ np.array([seed[0], seed[1], 1.0])
+        channels.append(seed_heatmap(uv, size, spec.seed_sigma))
+    return np.stack(channels).astype(np.float32), base
+
+
+def chebyshev_extent(mask: np.ndarray, seed: Sequence[float]) -> float:
+    """Chebyshev radius of a mask around the seed, in pixels (0 for an empty mask).
+
+    The radius reaches the outer edge of the farthest pixel, so a single pixel under the seed has
+    extent 0.5.
+    """
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return 0.0
+    dx = max(seed[0] - xs.min(), xs.max() - seed[0])
+    dy = max(seed[1] - ys.min(), ys.max() - seed[1])
+    return float(max(dx, dy)) + 0.5
+
+
+def extent_in_image(mask_crop: np.ndarray, matrix: np.ndarray, seed: Sequence[float]) -> float:
+    """Chebyshev radius around ``seed`` (image pixels) of a crop-space boolean mask."""
+    vs, us = np.nonzero(mask_crop)
+    if us.size == 0:
+        return 0.0
+    x = matrix[0, 0] * us + matrix[0, 1] * vs + matrix[0, 2]
+    y = matrix[1, 0] * us + matrix[1, 1] * vs + matrix[1, 2]
+    pixel = 0.5 * float(np.abs(matrix[:, :2]).sum(axis=1).max())
+    return float(max(np.abs(x - seed[0]).max(), np.abs(y - seed[1]).max())) + pixel
+
+
+def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True) -> np.ndarray:
+    """Keep the connected component under ``point`` (or the nearest one), holes filled.
+
+    Args:
+        mask: boolean array (H, W).
+        point: ``(x, y)`` in the mask's pixel coordinates.
+        fill: fill holes of the kept component.
+
+    Returns:
+        boolean array (H, W); all False if ``mask`` is empty.
+    """
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    h, w = mask.shape
+    px = int(np.clip(round(point[0]), 0, w - 1))
+    py = int(np.clip(round(point[1]), 0, h - 1))
+    keep = labels[py, px]
+    if keep == 0:
+        ys, xs = np.nonzero(labels)
+        nearest = int(np.argmin((xs - px) ** 2 + (ys - py) ** 2))
+        keep = labels[ys[nearest], xs[nearest]]
+    out = labels == keep
+    return ndimage.binary_fill_holes(out) if fill else out

@@ -1,0 +1,158 @@
+"""Turn trained weights into a model bundle: export, calibrate, choose modes, score, write.
+
+Calibration, operating points and descriptor sources are chosen on validation cases through the
+exported ONNX model itself, so what is measured is what ships. The locked test set, when given,
+is verified first and only scored, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_registry import LockedTestSet
+from models import evaluation
+from models._analysis_errors import CalibrationError
+from models.bundle import (
+    MODEL_FILE,
+    WEIGHTS_FILE,
+    BundleMetadata,
+    sha256_of,
+    write_metadata,
+)
+from models.calibration import BIRADS_BANDS, choose_operating_points, fit_temperature
+from models.data import LesionSample
+from models.export import export_onnx
+from models.inference import OnnxLesionModel
+from models.network import LesionNet
+from models.report import write_evaluation_report
+from models.samples import samples_from_testset
+from models.train import TrainConfig, state_to_numpy
+
+
+def data_summary(samples: Sequence[LesionSample]) -> dict[str, dict[str, int]]:
+    """Case counts per site and label (no case-level data)."""
+    summary: dict[str, dict[str, int]] = {}
+    for s in samples:
+        site = summary.setdefault(s.site_id, {"cases": 0, "benign": 0, "malignant": 0})
+        site["cases"] += 1
+        site["malignant" if s.label else "benign"] += 1
+    return summary
+
+
+def score_locked(
+    model: OnnxLesionModel | Any,
+    locked: LockedTestSet,
+    *,
+    temperature: float,
+    points: Any,
+    sources: Mapping[str, str] | None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Verify the locked set, then score a model on it (``model.analyze(image, seed)``)."""
+    manifest_hash = locked.verify()
+    samples = samples_from_testset(locked)
+    outputs = evaluation.analyse_all(samples, model.analyze, progress=progress, desc="locked test")
+    result = evaluation.score(
+        samples, outputs, temperature=temperature, points=points, sources=sources
+    )
+    result["manifest_hash"] = manifest_hash
+    return result
+
+
+def package_bundle(
+    model: LesionNet,
+    config: TrainConfig,
+    val: Sequence[LesionSample],
+    out: Path,
+    *,
+    version: str,
+    training_data: Mapping[str, Any],
+    parent_version: str | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    locked: LockedTestSet | None = None,
+    progress: bool = False,
+) -> BundleMetadata:
+    """Write ``out/`` as a complete bundle and return its metadata.
+
+    Raises:
+        ExportError: ONNX export failed.
+        TestSetIntegrityError: the locked set is not intact.
+        CalibrationError: validation holds one class only.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out / MODEL_FILE, extra_metadata={"sonofed.version": version})
+    torch.save({"state": state_to_numpy(model), "config": asdict(config)}, out / WEIGHTS_FILE)
+    onnx_model = OnnxLesionModel(out / MODEL_FILE, num_threads=config.num_threads)
+    outputs = evaluation.analyse_all(val, onnx_model.analyze, progress=progress, desc="validation")
+    y = np.array([s.label for s in val])
+    logits = np.array([o.malignancy_logit for o in outputs])
+    try:
+        temperature, calibration_note = fit_temperature(logits, y), "temperature fit on validation"
+    except CalibrationError as e:  # no signal yet (e.g. a first round): ship uncalibrated, say so
+        temperature, calibration_note = 1.0, f"uncalibrated (T=1): {e}"
+    points = choose_operating_points(y, 1.0 / (1.0 + np.exp(-logits / temperature)))
+    sources, candidates = evaluation.choose_descriptor_sources(val, outputs)
+    validation = evaluation.score(
+        val, outputs, temperature=temperature, points=points, sources=sources
+    )
+    metrics: dict[str, Any] = {
+        "calibration": calibration_note,
+        "validation": validation["summary"]["pooled"],
+        "validation_descriptors": validation.get("descriptor_agreement", {}),
+        "descriptor_candidates": candidates,
+    }
+    if locked is not None:
+        test = score_locked(
+            onnx_model, locked, temperature=temperature, points=points, sources=sources,
+            progress=progress,
+        )  # fmt: skip
+        metrics["locked_test"] = test["summary"]
+        metrics["locked_test_descriptors"] = test.get("descriptor_agreement", {})
+        metrics["locked_test_manifest"] = test["manifest_hash"]
+        write_evaluation_report(
+            out / "evaluation.html",
+            {
+                "title": "Locked test set",
+                "model_version": version,
+                "y_true": test["y_true"],
+                "prob": test["prob"],
+                "groups": test["groups"],
+                "dice": test["dice"],
+                "operating_points": points.to_dict(),
+                "descriptor_agreement": test.get("descriptor_agreement", {}),
+                "summary": test["summary"],
+            },
+        )
+    spec = onnx_model.spec
+    metadata = BundleMetadata(
+        version=version,
+        parent_version=parent_version,
+        created=datetime.now(UTC).replace(microsecond=0),
+        input={
+            "image": "8-bit greyscale B-mode image (H, W), any size 16..4096 px per side",
+            "seed": "the radiologist's click (x, y) in image pixels, inside the lesion",
+            "preprocessing": "intensities / 255; crops around the click by affine resampling",
+            "roi_spec": json.loads(spec.to_json()),
+        },
+        temperature=temperature,
+        operating_points=points.to_dict(),
+        birads_bands=[
+            {"category": b.category.value, "low": b.low, "high": b.high} for b in BIRADS_BANDS
+        ],
+        descriptor_sources=sources,
+        training_data=dict(training_data),
+        metrics=metrics,
+        lineage=dict(lineage or {}),
+        files={name: sha256_of(out / name) for name in (MODEL_FILE, WEIGHTS_FILE)},
+    )
+    write_metadata(out, metadata)
+    return metadata

@@ -1,0 +1,559 @@
+"""Training (central and federated-local), two-pass prediction and weight exchange helpers."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from models.data import HEAD_VOCABULARIES, LesionDataset, LesionSample, head_classes
+from models.exceptions import ConfigError, DataError, StateDictError
+from models.geometry import RoiSpec
+from models.inference import LesionOutput, analyze_image
+from models.losses import LesionLoss, proximal_term
+from models.network import OUTPUT_MALIGNANCY, OUTPUT_MASK, LesionNet
+from models.roi import RoiAugmentation
+
+__all__ = [
+    "Prediction",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "load_state_numpy",
+    "predict",
+    "state_to_numpy",
+    "train_epochs",
+    "train_model",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (defaults: the validated central recipe).
+
+    Args:
+        epochs: passes over the training set.
+        batch_size: crops per optimiser step.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        schedule: ``onecycle`` (warm-up then cosine decay), ``cosine`` or ``constant``.
+        warmup_fraction: share of the steps spent warming up (onecycle).
+        grad_clip: gradient-norm clip (0 disables).
+        features: channels per network level.
+        subunits: convolutions per residual unit, per level.
+        norm: network normalisation (MONAI spec).
+        dropout: dropout before the heads.
+        spec: crop geometry and two-pass inference settings (travels with the weights).
+        augmentation: ROI and intensity augmentation strengths.
+        mask_weight: weight of the mask loss.
+        malignancy_weight: weight of the malignancy loss.
+        descriptor_weight: weight of the descriptor losses.
+        pos_weight: malignancy positive-class weight; None = ``n_benign / n_malignant`` of the
+            training set.
+        focal_gamma: focal exponent of the malignancy loss (0 = weighted BCE).
+        seed: seed of weights, data order and augmentation.
+        patience: epochs without improvement of the monitored value before stopping.
+        monitor: ``score`` (mean of validation AUC and Dice), ``auc`` or ``loss``.
+        num_threads: torch CPU threads.
+        proximal_mu: FedProx ``mu`` used when ``proximal_to`` weights are given.
+        max_minutes: stop after the epoch that crosses this wall time (None = no limit).
+        channels_last: train in channels-last memory format (faster convolutions on CPU).
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = 0.15
+    grad_clip: float = 5.0
+    features: tuple[int, ...] = (16, 32, 64, 128, 192)
+    subunits: tuple[int, ...] = (1, 1, 2, 2, 2)
+    norm: str = "batch"
+    dropout: float = 0.2
+    spec: RoiSpec = field(default_factory=RoiSpec)
+    augmentation: RoiAugmentation = field(default_factory=RoiAugmentation)
+    mask_weight: float = 1.0
+    malignancy_weight: float = 1.0
+    descriptor_weight: float = 0.3
+    pos_weight: float | None = None
+    focal_gamma: float = 0.0
+    seed: int = 0
+    patience: int = 8
+    monitor: Literal["score", "auc", "loss"] = "score"
+    num_threads: int = 2
+    proximal_mu: float = 0.0
+    max_minutes: float | None = None
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.num_threads < 1:
+            raise ConfigError("epochs >= 1, batch_size >= 2, lr > 0 and num_threads >= 1")
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}")
+        if self.monitor not in ("score", "auc", "loss"):
+            raise ConfigError(f"unknown monitor {self.monitor!r}")
+        if self.proximal_mu < 0 or self.weight_decay < 0 or self.patience < 1:
+            raise ConfigError("proximal_mu and weight_decay >= 0, patience >= 1")
+        if self.spec.crop_size % (2 ** (len(self.features) - 1)):
+            raise ConfigError("crop_size must be divisible by 2 ** (levels - 1)")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`.
+
+    Attributes:
+        model: the network holding the best-on-validation weights (eval mode).
+        state: those weights as numpy arrays.
+        history: one dict per epoch (train losses, validation loss, AUC, Dice, seconds).
+        best_epoch: index of the kept epoch.
+        best_metrics: its validation metrics.
+        seconds: wall time of the run.
+        config: the configuration used.
+    """
+
+    model: LesionNet
+    state: dict[str, np.ndarray]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    seconds: float
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Two-pass prediction of one sample (see :func:`predict`)."""
+
+    case_id: str
+    malignancy_logit: float
+    probability: float
+    mask: np.ndarray
+    descriptor_probs: dict[str, dict[str, float]]
+    extent: float
+    half_width: float
+
+
+def build_model(config: TrainConfig, heads: Mapping[str, Sequence[str]] | None = None) -> LesionNet:
+    """A fresh network for a configuration (descriptor heads default to the schema's).
+
+    Args:
+        config: the training configuration.
+        heads: descriptor head vocabularies.
+
+    Returns:
+        the network, with ``roi_spec`` and ``head_vocabularies`` attached for prediction/export.
+    """
+    vocab = dict(HEAD_VOCABULARIES if heads is None else heads)
+    model = LesionNet(
+        spatial_dims=2,
+        in_channels=config.spec.in_channels,
+        out_channels=1,
+        features=config.features,
+        descriptor_classes=head_classes(vocab),
+        norm=config.norm,
+        dropout=config.dropout,
+        subunits=config.subunits,
+    )
+    model.roi_spec = config.spec
+    model.head_vocabularies = {k: tuple(v) for k, v in vocab.items()}
+    return model
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """All weights and buffers as numpy arrays (copies), for the federation."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_state_numpy(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load numpy weights into ``model`` in place.
+
+    Raises:
+        StateDictError: names or shapes do not match the network.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    unexpected = sorted(set(arrays) - set(own))
+    if missing or unexpected:
+        raise StateDictError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    state = {}
+    for name, ref in own.items():
+        value = np.asarray(arrays[name])
+        if tuple(value.shape) != tuple(ref.shape):
+            raise StateDictError(f"{name}: shape {value.shape} != {tuple(ref.shape)}")
+        state[name] = torch.from_numpy(value.copy()).to(ref.dtype)
+    model.load_state_dict(state)
+
+
+def _pos_weight(samples: Sequence[LesionSample], config: TrainConfig) -> float:
+    if config.pos_weight is not None:
+        return config.pos_weight
+    pos = sum(s.label for s in samples)
+    neg = len(samples) - pos
+    return float(neg / pos) if pos and neg else 1.0
+
+
+def _loss_fn(model: LesionNet, samples: Sequence[LesionSample], config: TrainConfig) -> LesionLoss:
+    return LesionLoss(
+        heads=tuple(model.descriptor_classes),
+        mask_weight=config.mask_weight,
+        malignancy_weight=config.malignancy_weight,
+        descriptor_weight=config.descriptor_weight,
+        pos_weight=_pos_weight(samples, config),
+        focal_gamma=config.focal_gamma,
+    )
+
+
+def _loader(dataset: LesionDataset, config: TrainConfig, epoch: int, train: bool) -> DataLoader:
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > config.batch_size,
+        generator=generator if train else None,
+        num_workers=0,
+    )
+
+
+def _scheduler(optimizer, config: TrainConfig, total_steps: int, lr: float):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=lr,
+            total_steps=max(total_steps, 2),
+            pct_start=config.warmup_fraction,
+            div_factor=10.0,
+            final_div_factor=100.0,
+        )
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return None
+
+
+def _run_epoch(
+    model: LesionNet,
+    loader: DataLoader,
+    loss_fn: LesionLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    config: TrainConfig,
+    reference: dict[str, torch.Tensor] | None,
+    mu: float,
+    desc: str,
+    progress: bool,
+) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    for batch in bar:
+        outputs = model(batch["inputs"].contiguous(memory_format=fmt))
+        losses = loss_fn(outputs, batch)
+        total = losses["total"]
+        if reference is not None and mu > 0:
+            prox = proximal_term(model, reference)
+            total = total + mu * prox
+            losses["proximal"] = prox
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = batch["inputs"].shape[0]
+        count += n
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+        bar.set_postfix(loss=f"{sums['total'] / count:.3f}")
+    model.to(memory_format=torch.contiguous_format)
+    return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+@torch.inference_mode()
+def _validate(model: LesionNet, loader: DataLoader, loss_fn: LesionLoss) -> dict[str, float]:
+    model.eval()
+    labels, scores, dices = [], [], []
+    loss_sum, count = 0.0, 0
+    for batch in loader:
+        out = model(batch["inputs"])
+        n = batch["inputs"].shape[0]
+        loss_sum += float(loss_fn(out, batch)["total"]) * n
+        count += n
+        labels.append(batch["label"].numpy())
+        scores.append(out[OUTPUT_MALIGNANCY].numpy())
+        pred = (out[OUTPUT_MASK][:, 0] > 0).float()
+        target = (batch["mask"][:, 0] > 0.5).float()
+        inter = (pred * target).sum((1, 2))
+        denom = pred.sum((1, 2)) + target.sum((1, 2))
+        dices.append((2 * inter / denom.clamp(min=1)).numpy())
+    y, s = np.concatenate(labels), np.concatenate(scores)
+    return {
+        "val_loss": loss_sum / max(count, 1),
+        "val_auc": _auc(y, s),
+        "val_dice": float(np.concatenate(dices).mean()),
+    }
+
+
+def _monitor_value(metrics: Mapping[str, float], monitor: str) -> float:
+    """Higher is better."""
+    if monitor == "loss" or math.isnan(metrics["val_auc"]):
+        return -metrics["val_loss"]
+    if monitor == "auc":
+        return metrics["val_auc"]
+    return 0.5 * (metrics["val_auc"] + metrics["val_dice"])
+
+
+def _reference(proximal_to: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    if proximal_to is None:
+        return None
+    return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in proximal_to.items()}
+
+
+def _check_samples(samples: Sequence[LesionSample], what: str) -> None:
+    if not samples:
+        raise DataError(f"no {what} samples")
+
+
+def train_epochs(
+    model: LesionNet,
+    samples: Sequence[LesionSample],
+    config: TrainConfig,
+    epochs: int,
+    *,
+    proximal_to: Mapping[str, np.ndarray] | None = None,
+    lr: float | None = None,
+    epoch_offset: int = 0,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place for ``epochs`` local epochs (the federated client's step).
+
+    Uses AdamW with a cosine decay over these epochs (``constant`` schedule keeps ``lr``) and, when
+    ``proximal_to`` is given and ``config.proximal_mu > 0``, the FedProx term
+    ``mu/2 * ||w - w_global||^2``.
+
+    Args:
+        model: the network (e.g. loaded with the global weights).
+        samples: local training samples.
+        config: recipe (augmentation, loss weights, batch size, seed, threads).
+        epochs: number of local epochs.
+        proximal_to: global weights for the proximal term.
+        lr: learning rate (defaults to ``config.lr / 3``, a fine-tuning rate).
+        epoch_offset: first epoch index (varies augmentation and order across rounds).
+        progress: show tqdm bars.
+
+    Returns:
+        one dict of mean training losses per epoch.
+
+    Raises:
+        DataError: no samples.
+    """
+    _check_samples(samples, "training")
+    torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed + epoch_offset)
+    dataset = LesionDataset(
+        samples, config.spec, tuple(model.descriptor_classes), config.augmentation, config.seed
+    )
+    loss_fn = _loss_fn(model, samples, config)
+    rate = config.lr / 3.0 if lr is None else lr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=config.weight_decay)
+    steps = epochs * len(_loader(dataset, config, 0, True))
+    scheduler = (
+        None
+        if config.schedule == "constant"
+        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    )
+    reference = _reference(proximal_to)
+    history = []
+    for e in range(epoch_offset, epoch_offset + epochs):
+        loader = _loader(dataset, config, e, True)
+        history.append(
+            _run_epoch(
+                model,
+                loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                config,
+                reference,
+                config.proximal_mu,
+                f"local epoch {e}",
+                progress,
+            )
+        )
+    model.eval()
+    return history
+
+
+def train_model(
+    train: Sequence[LesionSample],
+    val: Sequence[LesionSample],
+    config: TrainConfig | None = None,
+    *,
+    init_state: Mapping[str, np.ndarray] | None = None,
+    proximal_to: Mapping[str, np.ndarray] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a network, keeping the best epoch on the validation set (early stopping).
+
+    Validation crops each lesion at ``spec.context_factor`` × its true extent (the second-pass
+    framing), which is fast; use :func:`predict` for the full two-pass evaluation.
+
+    Args:
+        train: training samples.
+        val: validation samples (other patients).
+        config: the recipe (defaults to ``TrainConfig()``).
+        init_state: starting weights (numpy), e.g. the current global model.
+        proximal_to: weights for a FedProx term (with ``config.proximal_mu``).
+        progress: show tqdm bars.
+        on_epoch: called with each epoch's history row (logging).
+
+    Returns:
+        the result with the best weights loaded.
+
+    Raises:
+        DataError: no training or validation samples.
+        StateDictError: ``init_state`` does not fit the network.
+    """
+    config = config or TrainConfig()
+    _check_samples(train, "training")
+    _check_samples(val, "validation")
+    start = time.perf_counter()
+    torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    if init_state is not None:
+        load_state_numpy(model, init_state)
+    heads = tuple(model.descriptor_classes)
+    train_set = LesionDataset(train, config.spec, heads, config.augmentation, config.seed)
+    val_set = LesionDataset(val, config.spec, heads, None, config.seed)
+    loss_fn = _loss_fn(model, train, config)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr / 10.0 if config.schedule == "onecycle" else config.lr,
+        weight_decay=config.weight_decay,
+    )
+    steps = config.epochs * len(_loader(train_set, config, 0, True))
+    scheduler = _scheduler(optimizer, config, steps, config.lr)
+    reference = _reference(proximal_to)
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_state, best_metrics = -math.inf, -1, None, {}
+    epochs = tqdm(range(config.epochs), desc="training", disable=not progress)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        row = _run_epoch(
+            model,
+            _loader(train_set, config, epoch, True),
+            loss_fn,
+            optimizer,
+            scheduler,
+            config,
+            reference,
+            config.proximal_mu,
+            f"epoch {epoch}",
+            progress,
+        )
+        row.update(_validate(model, _loader(val_set, config, epoch, False), loss_fn))
+        row["epoch"] = epoch
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        value = _monitor_value(row, config.monitor)
+        if value > best_value:
+            best_value, best_epoch = value, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            best_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
+        epochs.set_postfix(auc=f"{row['val_auc']:.3f}", dice=f"{row['val_dice']:.3f}")
+        if on_epoch is not None:
+            on_epoch(row)
+        if epoch - best_epoch >= config.patience:
+            break
+        if config.max_minutes and time.perf_counter() - start > 60 * config.max_minutes:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        state=state_to_numpy(model),
+        history=history,
+        best_epoch=best_epoch,
+        best_metrics=best_metrics,
+        seconds=time.perf_counter() - start,
+        config=config,
+    )
+
+
+def torch_runner(model: LesionNet):
+    """A :data:`models.inference.Runner` that runs ``model`` (eval mode, no autograd)."""
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return {k: v.numpy() for k, v in out.items()}
+
+    return run
+
+
+def predict(
+    model: LesionNet,
+    samples: Sequence[LesionSample],
+    *,
+    spec: RoiSpec | None = None,
+    heads: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
+) -> list[Prediction]:
+    """Two-pass prediction (see :mod:`models.inference`) with the PyTorch network.
+
+    Args:
+        model: the network.
+        samples: lesions to analyse (their ``seed`` is the click; masks and labels are unused).
+        spec: ROI spec (defaults to the one :func:`build_model` attached).
+        heads: descriptor vocabularies (defaults likewise).
+        progress: show a tqdm bar.
+
+    Returns:
+        one prediction per sample, mask in image coordinates.
+    """
+    spec = spec or getattr(model, "roi_spec", None) or RoiSpec()
+    vocab = heads or getattr(model, "head_vocabularies", None) or HEAD_VOCABULARIES
+    vocab = {k: v for k, v in vocab.items() if k in model.descriptor_classes}
+    model.eval()
+    runner = torch_runner(model)
+    out = []
+    for s in tqdm(samples, desc="predict", disable=not progress):
+        res: LesionOutput = analyze_image(s.image, s.seed, spec, runner, vocab)
+        out.append(
+            Prediction(
+                case_id=s.case_id,
+                malignancy_logit=res.malignancy_logit,
+                probability=res.malignancy_probability,
+                mask=res.mask,
+                descriptor_probs=res.descriptor_probs,
+                extent=res.extent,
+                half_width=res.half_width,
+            )
+        )
+    return out
