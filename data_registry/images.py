@@ -161,13 +161,16 @@ def seed_point(mask: np.ndarray) -> tuple[int, int]:
     """
     from scipy import ndimage
 
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
         raise ValueError("empty mask has no seed point")
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    top, left = max(int(ys.min()) - 1, 0), max(int(xs.min()) - 1, 0)
+    box = mask[top : int(ys.max()) + 2, left : int(xs.max()) + 2]  # the transforms cost by area
+    labels, count = ndimage.label(box)
+    sizes = ndimage.sum_labels(box, labels, index=np.arange(1, count + 1))
     largest = labels == (int(np.argmax(sizes)) + 1)
-    depth = ndimage.distance_transform_edt(largest)
+    depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1]
     cy, cx = ndimage.center_of_mass(largest)
     ys, xs = np.nonzero(depth >= max(1.0, 0.5 * depth.max()))
     nearest = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-    return int(xs[nearest]), int(ys[nearest])
+    return int(xs[nearest]) + left, int(ys[nearest]) + top

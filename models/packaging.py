@@ -23,6 +23,7 @@ from models._analysis_errors import CalibrationError
 from models.bundle import (
     MODEL_FILE,
     WEIGHTS_FILE,
+    BundleError,
     BundleMetadata,
     sha256_of,
     write_metadata,
@@ -30,11 +31,43 @@ from models.bundle import (
 from models.calibration import BIRADS_BANDS, choose_operating_points, fit_temperature
 from models.data import LesionSample
 from models.export import export_onnx
+from models.geometry import RoiSpec
 from models.inference import OnnxLesionModel
 from models.network import LesionNet
 from models.report import write_evaluation_report
+from models.roi import RoiAugmentation
 from models.samples import samples_from_testset
-from models.train import TrainConfig, state_to_numpy
+from models.train import TrainConfig, build_model, load_state_numpy, state_to_numpy
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` saved with ``dataclasses.asdict``."""
+    values = dict(values)
+    values["spec"] = RoiSpec.from_json(json.dumps(values["spec"]))
+    values["augmentation"] = RoiAugmentation(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in values["augmentation"].items()}
+    )
+    for key in ("features", "subunits"):
+        values[key] = tuple(values[key])
+    return TrainConfig(**values)
+
+
+def load_weights(bundle: Path) -> tuple[LesionNet, TrainConfig]:
+    """The PyTorch network of a bundle (to continue training) and the config it was trained with.
+
+    Raises:
+        BundleError: no readable ``weights.pt``.
+    """
+    path = Path(bundle) / WEIGHTS_FILE
+    try:
+        saved = torch.load(path, weights_only=False)
+    except (FileNotFoundError, RuntimeError, EOFError) as e:
+        raise BundleError(f"{path}: cannot load the bundle's weights ({e})") from e
+    config = config_from_dict(saved["config"])
+    model = build_model(config)
+    load_state_numpy(model, saved["state"])
+    model.eval()
+    return model, config
 
 
 def data_summary(samples: Sequence[LesionSample]) -> dict[str, dict[str, int]]:

@@ -1,0 +1,195 @@
+"""Lesion-model benchmark on the three real sites: accuracy, latency, training time.
+
+Locks a patient- and copy-disjoint test slice of BUSI, BUS-BRA and BrEaST, ingests the rest
+into one registry per site, trains the central model with the ``train`` block of params.yaml,
+scores the shipped ONNX bundle on the locked slice, and times the console analysis (image decode
+to report JSON) with onnxruntime and with PyTorch eager, 2 threads each, side by side.
+
+    python -m bench.model --data ../shared/data --out bench/results
+
+Writes ``<out>/model.json`` and ``<out>/model.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_registry import Exclusion, LockedTestSet, Registry, SourceSpec, ingest, lock_testset
+from data_registry.images import read_grey
+from data_registry.importers import get_importer
+
+SITES = (
+    ("busi", "busi", "biopsy"),
+    ("bus_bra", "bus_bra", None),
+    ("breast_lesions_usg", "breast_lesions_usg", None),
+)
+
+
+def prepare(data: Path, work: Path, fraction: float, seed: int) -> tuple[Path, list[Path]]:
+    """Lock the test slice and ingest each site once (reused by later runs)."""
+    locked = work / "locked"
+    if not (locked / "SEAL").exists():
+        specs = [SourceSpec(kind, data / folder, assume) for kind, folder, assume in SITES]
+        lock_testset(specs, locked, fraction=fraction, seed=seed, progress=True)
+    exclusion = Exclusion.load(locked / "exclusion.json")
+    registries = []
+    for kind, folder, assume in SITES:
+        importer = get_importer(kind)
+        registry = work / "registries" / importer.default_site_id
+        if not Registry.exists(registry):
+            ingest(
+                importer(data / folder, assume_reference=assume),
+                registry,
+                site_id=importer.default_site_id,
+                source=kind,
+                exclusion=exclusion,
+                progress=True,
+            )
+        registries.append(registry)
+    return locked, registries
+
+
+class _TorchModel:
+    """The bundle's PyTorch network behind the same ``analyze`` call as the ONNX model."""
+
+    def __init__(self, bundle: Path) -> None:
+        from models.packaging import load_weights
+        from models.train import torch_runner
+
+        self.network, config = load_weights(bundle)
+        self.spec = config.spec
+        self.heads = self.network.head_vocabularies
+        self.runner = torch_runner(self.network)
+
+    def analyze(self, image, seed):
+        from models.inference import analyze_image
+
+        return analyze_image(image, seed, self.spec, self.runner, self.heads)
+
+
+def latency(bundle: Path, locked: LockedTestSet, cases: int) -> dict[str, Any]:
+    """p50/p95 of decode → analysis → report JSON, ONNX and PyTorch on the same cases."""
+    import torch
+
+    from models.analysis import LesionAnalyser
+
+    torch.set_num_threads(2)
+    records = locked.cases[:cases]
+    onnx = LesionAnalyser(bundle, num_threads=2)
+    eager = LesionAnalyser(bundle, num_threads=2)
+    eager.model = _TorchModel(bundle)
+    results = {}
+    for name, analyser in (("onnxruntime", onnx), ("pytorch_eager", eager)):
+        times = []
+        for record in [records[0], *records]:  # the first call warms up
+            start = time.perf_counter()
+            image = read_grey(locked.root / record["image"])
+            seed = (record["seed"]["x"], record["seed"]["y"])
+            json.dumps(analyser.analyze(image, seed, case_id=record["case_id"]).report)
+            times.append((time.perf_counter() - start) * 1000.0)
+        times = np.array(times[1:])
+        results[name] = {
+            "p50_ms": round(float(np.percentile(times, 50)), 2),
+            "p95_ms": round(float(np.percentile(times, 95)), 2),
+            "n": len(times),
+        }
+    results["speedup_p50"] = round(
+        results["pytorch_eager"]["p50_ms"] / results["onnxruntime"]["p50_ms"], 2
+    )
+    return results
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    test = result["locked_test"]
+    pooled = test["pooled"]
+    lines = [
+        "# Lesion model benchmark (real data, locked patient-disjoint test slice)",
+        "",
+        f"Machine: {result['machine']}. Training: {result['train_minutes']:.1f} min.",
+        "",
+        "| subset | n | AUC [95% CI] | Dice | ECE |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name: str, block: dict[str, Any]) -> str:
+        auc = block["auc"]
+        value = (
+            "n/a"
+            if auc["auc"] is None
+            else f"{auc['auc']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
+        )
+        return f"| {name} | {block['n']} | {value} | {block.get('dice_mean', float('nan')):.3f} | {block['ece']:.3f} |"
+
+    lines.append(row("pooled", pooled))
+    for grouping, blocks in test["groups"].items():
+        for name, block in blocks.items():
+            lines.append(row(f"{grouping} {name}", block))
+    lines += ["", "| mode | threshold | sensitivity | specificity |", "|---|---|---|---|"]
+    for mode, values in pooled["thresholds"].items():
+        lines.append(
+            f"| {mode} | {values['threshold']:.3f} | {values['sensitivity']:.3f} | {values['specificity']:.3f} |"
+        )
+    lines += ["", "| descriptor | n | accuracy | kappa |", "|---|---|---|---|"]
+    for name, agreement in result["descriptors"].items():
+        kappa = agreement["kappa"]
+        lines.append(
+            f"| {name} | {agreement['n']} | {agreement['accuracy']:.3f} | {'n/a' if kappa is None else f'{kappa:.3f}'} |"
+        )
+    lat = result["latency"]
+    lines += [
+        "",
+        "| runtime (2 threads) | p50 ms | p95 ms |",
+        "|---|---|---|",
+        f"| onnxruntime | {lat['onnxruntime']['p50_ms']} | {lat['onnxruntime']['p95_ms']} |",
+        f"| PyTorch eager | {lat['pytorch_eager']['p50_ms']} | {lat['pytorch_eager']['p95_ms']} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from models.central import load_train_config, train_central
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-model"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-cases", type=int, default=100)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"no real data at {args.data}; this benchmark needs the three sites")
+    locked, registries = prepare(args.data, args.work, args.fraction, args.seed)
+    config = load_train_config(args.params)
+    start = time.perf_counter()
+    metadata = train_central(registries, args.work / "central", config=config, testset=locked)
+    minutes = (time.perf_counter() - start) / 60.0
+    result = {
+        "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "train_minutes": round(minutes, 2),
+        "train_seconds_network": metadata.lineage.get("train_seconds"),
+        "training_data": metadata.training_data,
+        "locked_test": metadata.metrics["locked_test"],
+        "descriptors": metadata.metrics["locked_test_descriptors"],
+        "descriptor_sources": metadata.descriptor_sources,
+        "operating_points": metadata.operating_points,
+        "temperature": metadata.temperature,
+        "latency": latency(args.work / "central", LockedTestSet(locked), args.latency_cases),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "model.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "model.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
