@@ -27,6 +27,12 @@ def _analyser(args: argparse.Namespace):
     from models.exceptions import ModelError
 
     add_user_errors(ModelError)
+    if args.model is None and args.dir is None:
+        raise UserError("give --model BUNDLE, or --dir CONSOLE_DIR to use its active model")
+    if args.model is None:
+        from sonofed.release_cli import active_model_path
+
+        args.model = active_model_path(args.dir)
     if not args.model.is_dir():
         raise UserError(f"--model {args.model}: no such bundle folder")
     return LesionAnalyser(args.model, num_threads=args.threads)
@@ -124,6 +130,8 @@ def _read_manifest(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def register(roles: argparse._SubParsersAction) -> None:
+    from sonofed.release_cli import register_console
+
     role = roles.add_parser("console", help="the ultrasound console's commands (analysis, updates)")
     commands = role.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze = commands.add_parser(
@@ -133,7 +141,8 @@ def register(roles: argparse._SubParsersAction) -> None:
         "mask PNGs) or a batch with --manifest CASES.csv (case_id,image,seed_x,seed_y) and "
         "--out RESULTS.jsonl (one JSON line per case; a bad case gets an `error` field).",
     )
-    analyze.add_argument("--model", type=Path, required=True, help="model bundle folder")
+    analyze.add_argument("--model", type=Path, help="model bundle folder (or use --dir)")
+    analyze.add_argument("--dir", type=Path, help="console folder: use its active model")
     analyze.add_argument("--image", type=Path, help="the B-mode image (PNG)")
     analyze.add_argument("--seed", type=_parse_seed, help="the click X,Y in pixels")
     analyze.add_argument("--manifest", type=Path, help="CSV of cases for a batch")
@@ -142,3 +151,5 @@ def register(roles: argparse._SubParsersAction) -> None:
     analyze.add_argument("--out", type=Path, help="report folder, or RESULTS.jsonl for a batch")
     analyze.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     analyze.set_defaults(handler=_analyze)
+
+    register_console(commands)

@@ -72,6 +72,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def register(roles: argparse._SubParsersAction) -> None:
+    from sonofed import federation_cli
+
     role = roles.add_parser("hospital", help="a hospital's commands (registry, training)")
     commands = role.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -101,3 +103,5 @@ def register(roles: argparse._SubParsersAction) -> None:
     status.add_argument("--registry", type=Path, required=True, help="the site's registry folder")
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.set_defaults(handler=_status)
+
+    federation_cli.register_hospital(commands)

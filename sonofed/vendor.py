@@ -93,6 +93,9 @@ def _train_central(args: argparse.Namespace) -> int:
 
 
 def register(roles: argparse._SubParsersAction) -> None:
+    from sonofed import federation_cli
+    from sonofed.release_cli import register_vendor
+
     role = roles.add_parser("vendor", help="the vendor's commands (test set, training, release)")
     commands = role.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -152,3 +155,6 @@ def register(roles: argparse._SubParsersAction) -> None:
     )
     central.add_argument("--json", action="store_true", help="print the result as JSON")
     central.set_defaults(handler=_train_central)
+
+    register_vendor(commands)
+    federation_cli.register_vendor(commands)
