@@ -106,6 +106,7 @@ class RoiSpec:
         """
         try:
             raw = json.loads(text)
+            raw.pop("target_ratio", None)  # derived from context_factor since 0.1
             raw["scales"] = tuple(raw["scales"])
             raw["pass1_fractions"] = tuple(raw["pass1_fractions"])
             return cls(**raw)

@@ -3,12 +3,14 @@
 The two-pass scheme lives here once and is shared with PyTorch prediction
 (:func:`models.train.predict` passes a torch runner):
 
-1. Pass 1 crops around the click at a few fixed half-widths (fractions of the image size) and keeps
-   the scale whose predicted mask, cut to the component under the click, neither touches the crop
-   border nor looks tiny: its Chebyshev radius around the click is the lesion *extent*.
-2. Pass 2 crops at ``context_factor × extent`` (the framing used in training), optionally with its
-   mirror image; an optional refinement repeats it once if the extent changed by more than 10 %.
-3. The mask is mapped back to image pixels, thresholded and cut to the component under the click.
+1. Pass 1 crops around the click at a few fixed half-widths (fractions of the image size); every
+   view whose predicted lesion (the component under the click) is whole, i.e. does not touch the
+   crop border, proposes an *extent*: the Chebyshev radius of that component around the click.
+2. Pass 2 frames every proposal at ``context_factor × extent`` (the framing used in training, with
+   its mirror image) in one batch and keeps the most self-consistent proposal; refinement re-frames
+   while the extent still moves by more than 10 % or the lesion touches the border.
+3. The mask is mapped back to image pixels, thresholded and cut to the component under the click;
+   malignancy and descriptors come from the final view.
 
 This module must not import torch (a test checks ``sys.modules``).
 """
@@ -128,56 +130,84 @@ class _Clock:
         self._t = now
 
 
-def _crop_component(prob: np.ndarray, matrix: np.ndarray, seed, threshold: float) -> np.ndarray:
-    uv = geometry.invert_affine(matrix) @ np.array([seed[0], seed[1], 1.0])
-    return geometry.select_component(prob > threshold, uv, fill=False)
+@dataclass
+class _View:
+    """One crop's network output, flip-averaged, with its lesion component and extent."""
+
+    half: float
+    matrix: np.ndarray
+    prob: np.ndarray
+    outputs: dict[str, np.ndarray]
+    component: np.ndarray
+    extent: float
+    touches: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.extent > 0 and not self.touches
+
+
+def _run_views(
+    image01: np.ndarray,
+    seed: tuple[int, int],
+    halves: Sequence[float],
+    spec: RoiSpec,
+    runner: Runner,
+    clock: _Clock,
+    flip: bool,
+) -> list[_View]:
+    """Crop at each half-width (plus mirrors), run the network once, analyse each view."""
+    flips = (False, True) if flip else (False,)
+    inputs, mats = [], []
+    for half in halves:
+        for f in flips:
+            x, m = geometry.build_inputs(image01, seed, half, spec, flip=f)
+            inputs.append(x)
+            mats.append(m)
+    clock.lap("preprocess")
+    out = runner(np.stack(inputs))
+    clock.lap("network")
+    k = len(flips)
+    probs = _sigmoid(np.asarray(out[OUTPUT_MASK], dtype=np.float64)[:, 0])
+    views = []
+    for i, half in enumerate(halves):
+        group = probs[i * k : (i + 1) * k].copy()
+        if flip:
+            group[1] = group[1][:, ::-1]
+        prob = group.mean(axis=0)
+        matrix = mats[i * k]
+        uv = geometry.invert_affine(matrix) @ np.array([seed[0], seed[1], 1.0])
+        comp = geometry.select_component(prob > spec.threshold, uv, fill=False)
+        extent = geometry.extent_in_image(comp, matrix, seed) if comp.any() else 0.0
+        outputs = {
+            key: np.asarray(value[i * k : (i + 1) * k], dtype=np.float64)
+            for key, value in out.items()
+            if key != OUTPUT_MASK
+        }
+        views.append(_View(half, matrix, prob, outputs, comp, extent, _touches_border(comp)))
+    clock.lap("postprocess")
+    return views
 
 
 def _touches_border(mask: np.ndarray) -> bool:
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
-def _first_pass(image01, seed, spec: RoiSpec, runner: Runner, clock: _Clock) -> float:
-    longer = max(image01.shape)
-    halves = [max(f * longer, spec.min_half_width) for f in spec.pass1_fractions]
-    batch, mats = zip(*(geometry.build_inputs(image01, seed, h, spec) for h in halves), strict=True)
-    clock.lap("preprocess")
-    logits = runner(np.stack(batch))[OUTPUT_MASK][:, 0]
-    clock.lap("network")
-    best, best_score, fallback = None, math.inf, None
-    for half, mat, logit in zip(halves, mats, logits, strict=True):
-        comp = _crop_component(_sigmoid(logit), mat, seed, spec.threshold)
-        if not comp.any():
-            continue
-        extent = geometry.extent_in_image(comp, mat, seed)
-        if _touches_border(comp):
-            fallback = max(extent, fallback or 0.0)
-            continue
-        score = abs(math.log(extent / half / spec.target_ratio))
-        if score < best_score:
-            best, best_score = extent, score
-    clock.lap("postprocess")
-    if best is not None:
-        return best
-    if fallback is not None:
-        return fallback
-    return halves[0] * spec.target_ratio / 2.0
+def _fallback_extent(views: Sequence[_View], spec: RoiSpec) -> float:
+    """Extent when no first-pass view shows a whole lesion."""
+    touching = [v.extent for v in views if v.extent > 0]
+    if touching:  # the lesion is larger than every crop: start from the largest view
+        return max(touching)
+    return views[0].half * spec.target_ratio / 2.0
 
 
-def _second_pass(image01, seed, half: float, spec: RoiSpec, runner: Runner, clock: _Clock):
-    flips = (False, True) if spec.flip_tta else (False,)
-    batch, mats = zip(
-        *(geometry.build_inputs(image01, seed, half, spec, flip=f) for f in flips), strict=True
-    )
-    clock.lap("preprocess")
-    out = runner(np.stack(batch))
-    clock.lap("network")
-    probs = _sigmoid(out[OUTPUT_MASK][:, 0].astype(np.float64))
-    if spec.flip_tta:
-        probs[1] = probs[1][:, ::-1]
-    prob = probs.mean(axis=0)
-    clock.lap("postprocess")
-    return prob, mats[0], out
+def _consistency(candidate: float, view: _View) -> float:
+    """How far the extent seen when framing ``candidate`` drifts from it (lower is better)."""
+    return abs(math.log(view.extent / candidate)) if view.usable else math.inf
+
+
+def _frame(extent: float, spec: RoiSpec) -> float:
+    return max(spec.context_factor * extent, spec.min_half_width)
 
 
 def analyze_image(
@@ -188,6 +218,12 @@ def analyze_image(
     heads: Mapping[str, Sequence[str]],
 ) -> LesionOutput:
     """Two-pass analysis of one clicked lesion with any network runner.
+
+    Pass 1 proposes one extent per fixed scale (views whose lesion component is whole); pass 2
+    frames every proposal at ``context_factor × extent`` in one batch and keeps the most
+    self-consistent one (its own extent drifts least from the proposal; ties go to the larger).
+    Refinement re-frames while the extent still moves by more than 10 % or the lesion touches the
+    crop border.
 
     Args:
         image: uint8 greyscale image (H, W).
@@ -206,30 +242,44 @@ def analyze_image(
     clock = _Clock()
     start = time.perf_counter()
     image01 = image.astype(np.float32) / 255.0
-    extent = _first_pass(image01, seed, spec, runner, clock)
-    half = max(spec.context_factor * extent, spec.min_half_width)
-    prob, mat, out = _second_pass(image01, seed, half, spec, runner, clock)
+    longer = max(image.shape)
+    halves = [max(f * longer, spec.min_half_width) for f in spec.pass1_fractions]
+    first = _run_views(image01, seed, halves, spec, runner, clock, flip=False)
+    proposals: list[float] = []
+    for v in sorted((v for v in first if v.usable), key=lambda v: -v.extent):
+        if all(abs(math.log(v.extent / p)) > math.log(1.1) for p in proposals):
+            proposals.append(v.extent)
+    if not proposals:
+        proposals = [_fallback_extent(first, spec)]
+    second = _run_views(
+        image01, seed, [_frame(p, spec) for p in proposals], spec, runner, clock, spec.flip_tta
+    )
+    scores = [_consistency(p, v) for p, v in zip(proposals, second, strict=True)]
+    best = min(range(len(second)), key=lambda i: (round(scores[i], 1), -proposals[i]))
+    view, extent = second[best], proposals[best]
     for _ in range(spec.refine_passes):
-        comp = _crop_component(prob, mat, seed, spec.threshold)
-        if not comp.any() or _touches_border(comp):
+        if view.touches and view.extent > 0:
+            new_extent = extent * 1.5
+        elif view.usable:
+            new_extent = view.extent
+        else:
             break
-        new_extent = geometry.extent_in_image(comp, mat, seed)
-        new_half = max(spec.context_factor * new_extent, spec.min_half_width)
-        clock.lap("postprocess")
-        if abs(math.log(new_half / half)) < math.log(1.1):
+        if abs(math.log(_frame(new_extent, spec) / view.half)) < math.log(1.1):
             break
-        extent, half = new_extent, new_half
-        prob, mat, out = _second_pass(image01, seed, half, spec, runner, clock)
-    full = geometry.uncrop(prob.astype(np.float32), mat, image.shape)
+        extent = new_extent
+        view = _run_views(
+            image01, seed, [_frame(extent, spec)], spec, runner, clock, spec.flip_tta
+        )[0]
+    full = geometry.uncrop(view.prob.astype(np.float32), view.matrix, image.shape)
     mask = geometry.select_component(full > spec.threshold, seed)
     descriptor_probs = {}
     for head, classes in heads.items():
-        p = _softmax(np.asarray(out[DESCRIPTOR_PREFIX + head], dtype=np.float64)).mean(axis=0)
+        p = _softmax(view.outputs[DESCRIPTOR_PREFIX + head]).mean(axis=0)
         descriptor_probs[head] = {c: float(v) for c, v in zip(classes, p, strict=True)}
-    logit = float(np.mean(out[OUTPUT_MALIGNANCY]))
+    logit = float(np.mean(view.outputs[OUTPUT_MALIGNANCY]))
     clock.lap("postprocess")
     timings = dict(clock.ms, total=(time.perf_counter() - start) * 1000.0)
-    return LesionOutput(logit, mask, descriptor_probs, timings, float(extent), float(half))
+    return LesionOutput(logit, mask, descriptor_probs, timings, float(extent), float(view.half))
 
 
 class OnnxLesionModel:

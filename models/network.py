@@ -43,8 +43,8 @@ class LesionNet(nn.Module):
 
     A residual U-Net (MONAI ``ResidualUnit`` blocks, strided downsampling, transposed-convolution
     upsampling). The malignancy and descriptor heads share one embedding: average- and max-pooled
-    bottleneck features plus decoder features averaged inside the predicted mask (probabilities
-    detached, so classification does not pull the outline).
+    bottleneck features plus decoder features averaged inside the predicted mask and along its
+    margin band (probabilities detached, so classification does not pull the outline).
 
     Args:
         spatial_dims: number of spatial dimensions (2 for ultrasound frames).
@@ -106,7 +106,9 @@ class LesionNet(nn.Module):
         )
         self.mask_out = Convolution(spatial_dims, f[0], out_channels, kernel_size=1, conv_only=True)
         self.pool = Pool[Pool.AVG, spatial_dims](kernel_size=2)
-        embed_in = 2 * f[-1] + (f[1] if len(f) > 2 else f[0])
+        self.dilate = Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=1, padding=1)
+        self.pool_level = min(2, len(f) - 2)
+        embed_in = 2 * f[-1] + 2 * f[self.pool_level]
         self.embed = nn.Sequential(
             nn.Linear(embed_in, head_hidden), nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout)
         )
@@ -129,22 +131,21 @@ class LesionNet(nn.Module):
             h = block(h)
             skips.append(h)
         bottleneck = h
-        level1 = None
+        pooled_features = h
         for i, block in enumerate(self.decoder):
             h = block(h, skips[-2 - i])
-            if i == len(self.decoder) - 2:
-                level1 = h
+            if len(self.features) - 2 - i == self.pool_level:
+                pooled_features = h
         mask = self.mask_out(h)
-        if level1 is None:  # two levels: the decoder output is at level 0
-            level1 = h
         prob = torch.sigmoid(mask[:, :1].detach())
-        while prob.shape[-1] != level1.shape[-1]:
+        while prob.shape[-1] != pooled_features.shape[-1]:
             prob = self.pool(prob)
-        flat = level1.flatten(2)
-        weights = prob.flatten(2)
-        inside = (flat * weights).sum(-1) / (weights.sum(-1) + 1.0)
+        ring = self.dilate(prob) + self.dilate(-prob)  # morphological gradient: the margin band
+        flat = pooled_features.flatten(2)
+        inside = (flat * prob.flatten(2)).sum(-1) / (prob.flatten(2).sum(-1) + 1.0)
+        margin = (flat * ring.flatten(2)).sum(-1) / (ring.flatten(2).sum(-1) + 1.0)
         pooled = bottleneck.flatten(2)
-        emb = torch.cat([pooled.mean(-1), pooled.amax(-1), inside], dim=1)
+        emb = torch.cat([pooled.mean(-1), pooled.amax(-1), inside, margin], dim=1)
         emb = self.embed(emb)
         out = {OUTPUT_MASK: mask, OUTPUT_MALIGNANCY: self.malignancy(emb)[:, 0]}
         for name, head in self.descriptors.items():

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -65,8 +66,11 @@ class TrainConfig:
         monitor: ``score`` (mean of validation AUC and Dice), ``auc`` or ``loss``.
         num_threads: torch CPU threads.
         proximal_mu: FedProx ``mu`` used when ``proximal_to`` weights are given.
-        max_minutes: stop after the epoch that crosses this wall time (None = no limit).
+        max_minutes: wall-time budget: the learning-rate schedule runs on the larger of step and
+            time progress and training ends when either is complete (None = steps only).
         channels_last: train in channels-last memory format (faster convolutions on CPU).
+        ema_decay: per-step decay of an exponential moving average of the weights that is
+            validated and kept instead of the raw weights (0 disables; central training only).
     """
 
     epochs: int = 30
@@ -94,6 +98,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
     max_minutes: float | None = None
     channels_last: bool = True
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.num_threads < 1:
@@ -104,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"unknown monitor {self.monitor!r}")
         if self.proximal_mu < 0 or self.weight_decay < 0 or self.patience < 1:
             raise ConfigError("proximal_mu and weight_decay >= 0, patience >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.spec.crop_size % (2 ** (len(self.features) - 1)):
             raise ConfigError("crop_size must be divisible by 2 ** (levels - 1)")
 
@@ -227,19 +234,60 @@ def _loader(dataset: LesionDataset, config: TrainConfig, epoch: int, train: bool
     )
 
 
-def _scheduler(optimizer, config: TrainConfig, total_steps: int, lr: float):
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=lr,
-            total_steps=max(total_steps, 2),
-            pct_start=config.warmup_fraction,
-            div_factor=10.0,
-            final_div_factor=100.0,
-        )
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    return None
+class _LrSchedule:
+    """Learning rate as a function of training progress.
+
+    Progress counts optimiser steps; with a wall-time budget it is the larger of the step share and
+    the time share, so a run slowed down by a busy machine still warms up, anneals and ends inside
+    its budget (then it is reproducible only while the budget does not bind).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        peak: float,
+        total_steps: int,
+        warmup_fraction: float,
+        budget_s: float | None = None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.kind = kind
+        self.peak = peak
+        self.total = max(total_steps, 1)
+        self.warmup = warmup_fraction if kind == "onecycle" else 0.0
+        self.budget_s = budget_s
+        self.start = time.perf_counter()
+        self.steps = 0
+        self._apply(0.0)
+
+    def progress(self) -> float:
+        share = self.steps / self.total
+        if self.budget_s:
+            share = max(share, (time.perf_counter() - self.start) / self.budget_s)
+        return min(share, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def rate(self, p: float) -> float:
+        if self.kind == "constant":
+            return self.peak
+        floor = self.peak / 1000.0
+        if p < self.warmup:
+            low = self.peak / 10.0
+            return low + (self.peak - low) * (1.0 - math.cos(math.pi * p / self.warmup)) / 2.0
+        q = (p - self.warmup) / max(1.0 - self.warmup, 1e-9)
+        return floor + (self.peak - floor) * (1.0 + math.cos(math.pi * q)) / 2.0
+
+    def _apply(self, p: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.rate(p)
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply(self.progress())
 
 
 def _run_epoch(
@@ -247,12 +295,13 @@ def _run_epoch(
     loader: DataLoader,
     loss_fn: LesionLoss,
     optimizer: torch.optim.Optimizer,
-    scheduler,
+    schedule: _LrSchedule,
     config: TrainConfig,
     reference: dict[str, torch.Tensor] | None,
     mu: float,
     desc: str,
     progress: bool,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
@@ -273,13 +322,16 @@ def _run_epoch(
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         n = batch["inputs"].shape[0]
         count += n
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
         bar.set_postfix(loss=f"{sums['total'] / count:.3f}")
+        if schedule.done:
+            break
     model.to(memory_format=torch.contiguous_format)
     return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
 
@@ -380,11 +432,8 @@ def train_epochs(
     rate = config.lr / 3.0 if lr is None else lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=config.weight_decay)
     steps = epochs * len(_loader(dataset, config, 0, True))
-    scheduler = (
-        None
-        if config.schedule == "constant"
-        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    )
+    kind = "constant" if config.schedule == "constant" else "cosine"
+    schedule = _LrSchedule(optimizer, kind, rate, steps, 0.0)
     reference = _reference(proximal_to)
     history = []
     for e in range(epoch_offset, epoch_offset + epochs):
@@ -395,7 +444,7 @@ def train_epochs(
                 loader,
                 loss_fn,
                 optimizer,
-                scheduler,
+                schedule,
                 config,
                 reference,
                 config.proximal_mu,
@@ -452,13 +501,20 @@ def train_model(
     val_set = LesionDataset(val, config.spec, heads, None, config.seed)
     loss_fn = _loss_fn(model, train, config)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.lr / 10.0 if config.schedule == "onecycle" else config.lr,
-        weight_decay=config.weight_decay,
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     steps = config.epochs * len(_loader(train_set, config, 0, True))
-    scheduler = _scheduler(optimizer, config, steps, config.lr)
+    budget = 60.0 * config.max_minutes if config.max_minutes else None
+    schedule = _LrSchedule(
+        optimizer, config.schedule, config.lr, steps, config.warmup_fraction, budget
+    )
     reference = _reference(proximal_to)
+    ema = None
+    if config.ema_decay > 0:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+    scored = model if ema is None else ema.module
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_state, best_metrics = -math.inf, -1, None, {}
     epochs = tqdm(range(config.epochs), desc="training", disable=not progress)
@@ -469,28 +525,28 @@ def train_model(
             _loader(train_set, config, epoch, True),
             loss_fn,
             optimizer,
-            scheduler,
+            schedule,
             config,
             reference,
             config.proximal_mu,
             f"epoch {epoch}",
             progress,
+            ema,
         )
-        row.update(_validate(model, _loader(val_set, config, epoch, False), loss_fn))
+        row.update(_validate(scored, _loader(val_set, config, epoch, False), loss_fn))
         row["epoch"] = epoch
         row["seconds"] = time.perf_counter() - t0
+        row["lr"] = optimizer.param_groups[0]["lr"]
         history.append(row)
         value = _monitor_value(row, config.monitor)
         if value > best_value:
             best_value, best_epoch = value, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
             best_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
         epochs.set_postfix(auc=f"{row['val_auc']:.3f}", dice=f"{row['val_dice']:.3f}")
         if on_epoch is not None:
             on_epoch(row)
-        if epoch - best_epoch >= config.patience:
-            break
-        if config.max_minutes and time.perf_counter() - start > 60 * config.max_minutes:
+        if epoch - best_epoch >= config.patience or schedule.done:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1,0 +1,219 @@
+"""The hospital's side of a round: train locally, or validate the global model locally.
+
+Only weights and aggregate numbers leave: the reply holds the hospital's floating-point weights,
+counts, a mean loss and local validation AUC/Dice, and which registry version was used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from federation import protocol
+from federation.config import SiteSpec
+from federation.exceptions import SiteDataError
+from federation.faults import Fault, parse_fault
+from federation.site import SiteData, load_site, site_seed
+from federation.task import (
+    decode_train_config,
+    exchanged_state,
+    from_record,
+    load_exchanged,
+    to_record,
+)
+from models import metrics
+from models.data import LesionSample
+from models.network import LesionNet
+from models.train import build_model, predict, train_epochs
+
+__all__ = ["NodeSettings", "evaluate_reply", "local_validation", "node_settings", "train_reply"]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Per-hospital settings, from ``context.node_config``.
+
+    Attributes:
+        registry: the hospital's registry folder (``registry``).
+        site_id: the name it reports (``site-id``; default: the registry's site id).
+        fault: injected misbehaviour (``fault``; tests and benchmarks only).
+        num_threads: torch threads for local training (``num-threads``, else
+            ``OMP_NUM_THREADS``, else 1).
+    """
+
+    registry: Path
+    site_id: str | None = None
+    fault: Fault | None = None
+    num_threads: int = 1
+
+
+def node_settings(context: Context, sites: Sequence[SiteSpec] | None = None) -> NodeSettings:
+    """Resolve this node's registry: node config first, then the simulation's site list.
+
+    In a simulation, node ``partition-id`` i is the i-th entry of ``sites`` (when the app was
+    built with them) or of the comma-separated run config key ``sites``.
+
+    Raises:
+        SiteDataError: no registry can be found for this node.
+    """
+    node = context.node_config
+    threads = int(node.get("num-threads", os.environ.get("OMP_NUM_THREADS", "1")) or 1)
+    if "registry" in node:
+        spec = SiteSpec(Path(str(node["registry"])), node.get("site-id"), node.get("fault"))
+    elif "partition-id" in node:
+        index = int(node["partition-id"])
+        listed = list(sites or [])
+        if not listed:
+            text = str(context.run_config.get("sites", ""))
+            listed = [SiteSpec(Path(p)) for p in text.split(",") if p]
+        if index >= len(listed):
+            raise SiteDataError(
+                f"simulation node {index} has no registry: {len(listed)} site(s) configured"
+            )
+        spec = listed[index]
+    else:
+        raise SiteDataError(
+            "this SuperNode has no registry: start it with --node-config 'registry=\"DIR\"'"
+        )
+    return NodeSettings(
+        spec.registry,
+        str(spec.site_id) if spec.site_id else None,
+        parse_fault(spec.fault),
+        max(1, threads),
+    )
+
+
+def _site(settings: NodeSettings, config: Mapping[str, Any]) -> SiteData:
+    since = {str(k): int(v) for k, v in json.loads(str(config.get("since", "{}")) or "{}").items()}
+    return load_site(
+        settings.registry,
+        since=since,
+        rehearsal_size=int(config.get("rehearsal-size", 0)),
+        val_fraction=float(config.get("val-fraction", 0.15)),
+        seed=int(config.get("seed", 0)),
+        cycle=int(config.get("cycle", 0)),
+    )
+
+
+def local_validation(model: LesionNet, val: Sequence[LesionSample]) -> dict[str, float]:
+    """AUC and mean Dice of ``model`` on the local validation cases (two-pass prediction)."""
+    if not val:
+        return {"val-auc": float("nan"), "val-dice": float("nan")}
+    predictions = predict(model, val)
+    y = np.array([s.label for s in val])
+    logits = np.array([p.malignancy_logit for p in predictions])
+    auc = float("nan")
+    if np.isfinite(logits).all():
+        result = metrics.auc_with_ci(y, logits, n_bootstrap=1)
+        auc = float("nan") if result.auc is None else result.auc
+    dice = metrics.dice_scores([p.mask for p in predictions], [s.mask for s in val])
+    return {"val-auc": auc, "val-dice": float(np.mean(dice))}
+
+
+def _site_record(settings: NodeSettings, site: SiteData) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "site-id": settings.site_id or site.site_id,
+            "registry-site": site.site_id,
+            "registry-version": site.registry_version,
+            "registry-hash": site.content_hash,
+        }
+    )
+
+
+def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Message:
+    """Train the received global model on this hospital's cycle data; reply weights + metrics.
+
+    Raises:
+        SiteDataError: the registry has nothing to train on (the server records the failure).
+    """
+    start = time.perf_counter()
+    config = msg.content[protocol.CONFIG]
+    server_round = int(config.get("server-round", 1))
+    site = _site(settings, config)
+    if not site.new_cases:
+        raise SiteDataError(
+            f"{site.site_id}: no eligible case added since registry version {site.since} "
+            f"(current version {site.registry_version}); nothing new to train on this cycle"
+        )
+    recipe = decode_train_config(str(config["train-config"]))
+    mu = float(config.get("proximal-mu", 0.0))
+    batch = int(config.get("batch-size", 0)) or recipe.batch_size
+    local = dataclasses.replace(
+        recipe,
+        proximal_mu=mu,
+        batch_size=batch,
+        num_threads=settings.num_threads,
+        seed=site_seed(site.site_id, int(config.get("seed", 0))),
+    )
+    torch.set_num_threads(settings.num_threads)
+    global_arrays = from_record(msg.content[protocol.ARRAYS])
+    model = build_model(local)
+    load_exchanged(model, global_arrays)
+    fault = settings.fault
+    samples = fault.flip(site.train) if fault else site.train
+    if fault:
+        fault.maybe_die(server_round)
+    epochs = int(config.get("local-epochs", 1))
+    lr = float(config.get("lr", 0.0)) or None
+    history = train_epochs(
+        model,
+        samples,
+        local,
+        epochs,
+        proximal_to=global_arrays if mu > 0 else None,
+        lr=lr,
+        epoch_offset=(server_round - 1) * epochs,
+        progress=False,
+    )
+    validation = local_validation(model, site.val)
+    arrays = exchanged_state(model)
+    if fault:
+        arrays = fault.corrupt(arrays)
+    metric_record = MetricRecord(
+        {
+            protocol.WEIGHT: len(samples),
+            "train-loss": float(history[-1].get("train_total", float("nan"))),
+            "val-auc": validation["val-auc"],
+            "val-dice": validation["val-dice"],
+            "val-cases": len(site.val),
+            "new-cases": site.new_cases,
+            "rehearsal-cases": site.rehearsal_cases,
+            "train-seconds": time.perf_counter() - start,
+        }
+    )
+    content = RecordDict(
+        {
+            protocol.ARRAYS: to_record(arrays),
+            protocol.METRICS: metric_record,
+            protocol.SITE: _site_record(settings, site),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_reply(msg: Message, context: Context, settings: NodeSettings) -> Message:
+    """Validate the received global model on this hospital's local validation cases."""
+    config = msg.content[protocol.CONFIG]
+    site = _site(settings, config)
+    recipe = decode_train_config(str(config["train-config"]))
+    torch.set_num_threads(settings.num_threads)
+    model = build_model(recipe)
+    load_exchanged(model, from_record(msg.content[protocol.ARRAYS]))
+    model.eval()
+    validation = local_validation(model, site.val)
+    metric_record = MetricRecord({protocol.WEIGHT: len(site.val), **validation})
+    content = RecordDict(
+        {protocol.METRICS: metric_record, protocol.SITE: _site_record(settings, site)}
+    )
+    return Message(content=content, reply_to=msg)

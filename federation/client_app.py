@@ -1,0 +1,37 @@
+"""The hospital's Flower ClientApp (``[tool.flwr.app.components] clientapp``).
+
+Per-hospital settings come from the SuperNode's node config (``registry``, ``site-id``) or, in a
+simulation, from the site list by ``partition-id``. The work is done by
+:mod:`federation.client`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from federation.client import evaluate_reply, node_settings, train_reply
+from federation.config import SiteSpec
+
+__all__ = ["app", "build_client_app"]
+
+
+def build_client_app(sites: Sequence[SiteSpec] | None = None) -> ClientApp:
+    """A ClientApp; ``sites`` maps simulation partitions to registries (else node config)."""
+    client = ClientApp()
+    listed = tuple(sites or ())
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        return train_reply(msg, context, node_settings(context, listed))
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_reply(msg, context, node_settings(context, listed))
+
+    return client
+
+
+app = build_client_app()

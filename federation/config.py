@@ -1,0 +1,216 @@
+"""Federation settings: one frozen record, read from ``params.yaml`` or the Flower run config.
+
+The same settings travel three ways, always under the same names:
+
+- ``params.yaml`` block ``federate:`` with snake_case keys (read by ``sonofed vendor federate``);
+- ``[tool.flwr.app.config]`` in ``pyproject.toml`` with flat kebab-case keys (``flwr run .``),
+  read back from ``context.run_config``;
+- the per-round ``ConfigRecord`` the server sends to the hospitals (kebab-case).
+
+Run-level paths (site registries, the locked test set, the run folder, the starting bundle) are
+in :class:`RunPaths`, kept apart because they differ between machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from federation.exceptions import FederationConfigError
+
+STRATEGIES = ("fedprox", "fedavg", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+"""Aggregation strategies that can be chosen by name (all from ``flwr.serverapp.strategy``)."""
+
+MODE_THRESHOLDS: dict[str, float] = {
+    "high-sensitivity": 0.25,
+    "high-accuracy": 0.5,
+    "high-specificity": 0.75,
+}
+"""Fixed probability thresholds (sigmoid of the raw logit) for the per-round history.
+
+The server holds no validation cases, so the rounds are tracked at fixed, validation-free
+thresholds; the candidate bundle's own operating points are chosen on validation cases by
+:func:`models.packaging.package_bundle`. ``sensitivity``/``specificity`` in a history row are the
+``high-accuracy`` mode's."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How a federated cycle runs.
+
+    Args:
+        rounds: planned server rounds of this cycle.
+        local_epochs: epochs each hospital trains per round.
+        lr: local learning rate; 0 uses the network recipe's fine-tuning rate (``lr / 3``).
+        batch_size: local batch size; 0 keeps the network recipe's.
+        proximal_mu: FedProx ``mu`` (sent by the FedProx strategy; 0 disables the term).
+        strategy: one of :data:`STRATEGIES`.
+        min_clients: fewest hospitals a round needs (sampling waits for them; a round with
+            fewer usable updates after screening keeps the previous global model).
+        rehearsal_size: earlier eligible cases each hospital mixes into a cycle's new cases
+            (0 = naive fine-tuning on new cases only).
+        cycle: continual-learning cycle (0 trains from scratch; later cycles start from the
+            released bundle and train on the cases added since it).
+        seed: seed of local training, rehearsal sampling and the local validation split.
+        val_fraction: share of each hospital's patients kept for local validation (by a hash
+            of the patient group, so the split is stable across registry versions).
+        screen_norm_factor: an update whose norm exceeds this many times the round's median
+            update norm is dropped (needs at least 3 updates to judge).
+        num_malicious: number of Byzantine clients Krum, MultiKrum and Bulyan tolerate.
+        trim_beta: fraction cut at each end by FedTrimmedAvg.
+        fraction_evaluate: share of hospitals asked for local validation metrics each round
+            (0 disables the client-side evaluation).
+        round_timeout: seconds the server waits for replies in a round.
+    """
+
+    rounds: int = 3
+    local_epochs: int = 1
+    lr: float = 0.0
+    batch_size: int = 0
+    proximal_mu: float = 0.01
+    strategy: str = "fedprox"
+    min_clients: int = 2
+    rehearsal_size: int = 64
+    cycle: int = 0
+    seed: int = 0
+    val_fraction: float = 0.15
+    screen_norm_factor: float = 5.0
+    num_malicious: int = 1
+    trim_beta: float = 0.2
+    fraction_evaluate: float = 1.0
+    round_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.rounds < 1 or self.local_epochs < 1 or self.min_clients < 1:
+            problems.append("rounds, local_epochs and min_clients must be at least 1")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.lr < 0 or self.batch_size < 0 or self.proximal_mu < 0 or self.rehearsal_size < 0:
+            problems.append("lr, batch_size, proximal_mu and rehearsal_size must be >= 0")
+        if self.batch_size == 1:
+            problems.append("batch_size must be 0 (recipe default) or at least 2")
+        if self.cycle < 0 or self.num_malicious < 0:
+            problems.append("cycle and num_malicious must be >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction {self.val_fraction} must lie in (0, 1)")
+        if self.screen_norm_factor <= 1.0:
+            problems.append("screen_norm_factor must exceed 1")
+        if not 0.0 <= self.trim_beta < 0.5:
+            problems.append("trim_beta must lie in [0, 0.5)")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            problems.append("fraction_evaluate must lie in [0, 1]")
+        if self.round_timeout <= 0:
+            problems.append("round_timeout must be positive")
+        if problems:
+            raise FederationConfigError("federate: " + "; ".join(problems))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FederationConfig:
+        """Settings from snake_case or kebab-case keys; unknown keys are refused.
+
+        Raises:
+            FederationConfigError: an unknown key or a bad value.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        out: dict[str, Any] = {}
+        unknown = []
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                unknown.append(str(key))
+                continue
+            kind = type(known[name].default)
+            try:
+                out[name] = kind(value)
+            except (TypeError, ValueError) as e:
+                raise FederationConfigError(
+                    f"federate: {key}={value!r} is not a {kind.__name__}"
+                ) from e
+        if unknown:
+            raise FederationConfigError(
+                f"federate: unknown setting(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(known)}"
+            )
+        return cls(**out)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+        """The settings among a Flower run config's keys (run-level paths are ignored)."""
+        names = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        return cls.from_mapping({k: v for k, v in run_config.items() if k in names})
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat kebab-case keys, as in ``[tool.flwr.app.config]``."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        """A copy with some settings changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that must match for a checkpoint to be resumed."""
+        keep = ("rounds", "strategy", "cycle", "seed", "local_epochs", "proximal_mu",
+                "rehearsal_size", "val_fraction")  # fmt: skip
+        return {k: getattr(self, k) for k in keep}
+
+
+def load_federate_params(params: Path | None) -> FederationConfig:
+    """The ``federate:`` block of ``params.yaml`` (defaults when the file or block is absent).
+
+    Raises:
+        FederationConfigError: an unknown key or a bad value.
+    """
+    if params is None or not Path(params).is_file():
+        return FederationConfig()
+    try:
+        document = yaml.safe_load(Path(params).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FederationConfigError(f"{params}: not valid YAML ({e})") from e
+    return FederationConfig.from_mapping(document.get("federate") or {})
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One hospital of a simulation: its registry, the name it reports, an optional fault.
+
+    Args:
+        registry: the hospital's registry folder.
+        site_id: the name it reports (default: the registry's own site id).
+        fault: fault injection for tests and benchmarks (see :mod:`federation.faults`).
+    """
+
+    registry: Path
+    site_id: str | None = None
+    fault: str | None = None
+
+    def node_config(self) -> dict[str, str]:
+        """The SuperNode ``--node-config`` keys this hospital would be started with."""
+        out = {"registry": str(Path(self.registry).resolve())}
+        if self.site_id:
+            out["site-id"] = self.site_id
+        if self.fault:
+            out["fault"] = self.fault
+        return out
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a federated run reads and writes.
+
+    Args:
+        run_dir: checkpoints, the audit log, the history and the final weights.
+        testset: the vendor's locked test set.
+        init: bundle to start from (the current release; required for cycle >= 1).
+        params: ``params.yaml`` whose ``train`` block defines a network trained from scratch.
+    """
+
+    run_dir: Path
+    testset: Path
+    init: Path | None = None
+    params: Path | None = None

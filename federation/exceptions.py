@@ -1,0 +1,39 @@
+"""Errors of the federation: one base, grouped by where they arise.
+
+Foreign exceptions (registry, model, subprocess, cryptography) are re-raised ``from`` the
+original so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class FederationError(Exception):
+    """Base of every error raised by :mod:`federation`."""
+
+
+class FederationConfigError(FederationError):
+    """A federation setting is unknown, out of range or inconsistent."""
+
+
+class SiteDataError(FederationError):
+    """A hospital's registry cannot provide training data for this round or cycle."""
+
+
+class InjectedFaultError(FederationError):
+    """A fault injected on purpose by a test or benchmark (node config ``fault=crash:R``)."""
+
+
+class CheckpointError(FederationError):
+    """A checkpoint is unreadable, or belongs to a different run than the one requested."""
+
+
+class FederationRunError(FederationError):
+    """The federated run failed (the simulation or the ServerApp raised)."""
+
+
+class DeploymentError(FederationError):
+    """Certificates, keys or the SuperLink/SuperNode processes could not be set up."""
+
+
+class RegistrationError(DeploymentError):
+    """A hospital's public key could not be registered with the SuperLink."""

@@ -1,0 +1,124 @@
+"""Federated rounds in Flower's simulation (real ClientApps in Ray worker processes) on the tiny
+phantom world: what leaves a hospital, per-round scoring and checkpoints, and faults — a
+hospital process that dies, a boosted update and a NaN update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_registry import Registry
+from federation import protocol
+from federation.audit import read_audit
+from federation.checkpoint import CheckpointStore
+from federation.config import FederationConfig, RunPaths, SiteSpec
+from federation.server import AUDIT_FILE, ServerPlan
+from federation.simulation import run_federation
+from federation.task import exchanged_state
+from tests._pipeline import tiny_config
+
+ROUNDS = 2
+
+
+def _plan(world, run_dir: Path, num_sites: int, **settings) -> ServerPlan:
+    config = FederationConfig(rounds=ROUNDS, cycle=1, **settings)
+    paths = RunPaths(run_dir=run_dir, testset=world.locked, init=world.bundle)
+    return ServerPlan(config, paths, num_sites=num_sites)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_world, tmp_path_factory):
+    """Three honest hospitals, two rounds from the tiny bundle, local evaluation on."""
+    run_dir = tmp_path_factory.mktemp("clean") / "run"
+    sites = [SiteSpec(path) for path in tiny_world.registries]
+    outcome = run_federation(_plan(tiny_world, run_dir, 3, fraction_evaluate=1.0), sites)
+    return outcome
+
+
+def test_every_round_is_scored_on_the_locked_set_and_checkpointed(clean_run) -> None:
+    history = clean_run.history
+    assert [row["round"] for row in history] == list(range(ROUNDS + 1))
+    for row in history:
+        for key in ("auc", "sensitivity", "specificity", "dice", "sites", "dropped", "modes"):
+            assert key in row
+        assert set(row["modes"]) == {"high-sensitivity", "high-accuracy", "high-specificity"}
+        assert 0.0 <= row["auc"] <= 1.0
+    for row in history[1:]:
+        assert row["sites"] == ["site-a", "site-b", "site-c"]
+        assert row["dropped"] == [] and row["failed"] == []
+        assert row["client_train"]["clients"] == 3
+        assert row["client_evaluate"]["clients"] == 3
+    latest = CheckpointStore(clean_run.run_dir / "checkpoints").latest()
+    assert latest is not None and latest.round == ROUNDS
+    assert [r["round"] for r in latest.history] == list(range(ROUNDS + 1))
+
+
+def test_nothing_case_level_leaves_a_hospital(clean_run, tiny_world) -> None:
+    """Every message the server received holds only the model's weights, aggregate metrics
+    and the registry version used: no images, masks, case or patient ids, per-case values."""
+    from models.train import build_model
+
+    expected = {k: list(v.shape) for k, v in exchanged_state(build_model(tiny_config())).items()}
+    identifiers: set[str] = set()
+    for path in tiny_world.registries:
+        for entry in Registry(path).entries:
+            identifiers.update({entry.case.case_id, entry.case.patient_id, entry.case.image_sha256})
+    entries = read_audit(clean_run.run_dir / AUDIT_FILE)
+    kinds = [e["message_type"] for e in entries]
+    assert kinds.count("train") == 3 * ROUNDS and kinds.count("evaluate") == 3 * ROUNDS
+    for entry in entries:
+        assert "error" not in entry
+        assert set(entry["configs"]) <= {protocol.SITE}
+        assert set(entry["metrics"]) == {protocol.METRICS}
+        allowed = (
+            protocol.TRAIN_METRIC_KEYS
+            if entry["message_type"] == "train"
+            else protocol.EVALUATE_METRIC_KEYS
+        )
+        metrics = entry["metrics"][protocol.METRICS]
+        assert set(metrics) <= allowed
+        assert all(isinstance(v, int | float) for v in metrics.values()), "no per-case lists"
+        site = entry["configs"].get(protocol.SITE, {})
+        assert set(site) <= protocol.SITE_KEYS
+        assert not {str(v) for v in site.values()} & identifiers
+        if entry["message_type"] == "train":
+            shapes = {k: v["shape"] for k, v in entry["arrays"][protocol.ARRAYS].items()}
+            assert shapes == expected
+        else:
+            assert entry["arrays"] == {}
+
+
+def test_dead_boosted_and_nan_hospitals_do_not_change_the_model(
+    clean_run, tiny_world, tmp_path
+) -> None:
+    """Three honest hospitals plus one whose training crashes mid-round, one that multiplies
+    its weights by 50 and one that sends NaN: the rounds complete with the honest three, the
+    failure and the two dropped updates are recorded, and the final model is the clean run's.
+    (A hospital *process* that dies is tested with real SuperNodes in test_federation_deploy.)"""
+    a, b, c = tiny_world.registries
+    sites = [
+        SiteSpec(a),
+        SiteSpec(b),
+        SiteSpec(c),
+        SiteSpec(a, site_id="site-crashes", fault="crash:1"),
+        SiteSpec(b, site_id="site-boost", fault="scale:50"),
+        SiteSpec(c, site_id="site-nan", fault="nan"),
+    ]
+    plan = _plan(tiny_world, tmp_path / "run", len(sites), fraction_evaluate=0.0, min_clients=3)
+    outcome = run_federation(plan, sites)
+    for row in outcome.history[1:]:
+        assert row["sites"] == ["site-a", "site-b", "site-c"]
+        assert {(d["site"], d["reason"]) for d in row["dropped"]} == {
+            ("site-boost", "norm"),
+            ("site-nan", "non-finite"),
+        }
+        assert len(row["failed"]) == 1 and "injected crash" in row["failed"][0]["reason"]
+    clean = {row["round"]: row["auc"] for row in clean_run.history}
+    final = outcome.history[-1]
+    assert abs(final["auc"] - clean[ROUNDS]) <= 0.02
+    ours = CheckpointStore(outcome.run_dir / "checkpoints").latest()
+    theirs = CheckpointStore(clean_run.run_dir / "checkpoints").latest()
+    for name, value in theirs.arrays.items():
+        np.testing.assert_allclose(ours.arrays[name], value, rtol=1e-5, atol=1e-6)

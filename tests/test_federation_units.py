@@ -1,0 +1,438 @@
+"""Federation building blocks without a Flower run: settings, screening, strategies, checkpoints,
+cycle data, forgetting, certificates and keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from federation import protocol
+from federation.checkpoint import CheckpointStore
+from federation.config import STRATEGIES, FederationConfig, load_federate_params
+from federation.continual import forgetting_summary, next_version
+from federation.deployment import init_pki, make_node_keys, superlink_command, supernode_command
+from federation.exceptions import (
+    CheckpointError,
+    DeploymentError,
+    FederationConfigError,
+    FederationError,
+)
+from federation.faults import parse_fault
+from federation.screening import Update, screen_updates
+from federation.site import load_site, validation_split
+from federation.strategy import build_strategy
+from federation.task import (
+    decode_train_config,
+    encode_train_config,
+    exchanged_state,
+    to_record,
+    train_config_from_params,
+)
+from tests._pipeline import tiny_config
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def test_config_reads_both_spellings_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    config = FederationConfig.from_mapping({"local-epochs": 2, "proximal_mu": "0.1"})
+    assert (config.local_epochs, config.proximal_mu) == (2, 0.1)
+    assert FederationConfig.from_run_config(config.to_run_config()) == config
+    with pytest.raises(FederationConfigError, match="unknown setting"):
+        FederationConfig.from_mapping({"roundz": 3})
+    with pytest.raises(FederationConfigError, match="strategy"):
+        FederationConfig(strategy="fedsgd")
+    params = tmp_path / "params.yaml"
+    params.write_text("federate:\n  rounds: 7\n  strategy: krum\nother: 1\n")
+    assert load_federate_params(params).rounds == 7
+    assert load_federate_params(tmp_path / "absent.yaml") == FederationConfig()
+
+
+def test_the_repository_params_and_pyproject_defaults_are_valid() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    load_federate_params(root / "params.yaml")
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {
+        "serverapp": "federation.server_app:app",
+        "clientapp": "federation.client_app:app",
+    }
+    FederationConfig.from_run_config(app["config"])
+
+
+def test_train_recipe_round_trips_and_reads_a_nested_params_block(tmp_path: Path) -> None:
+    recipe = tiny_config()
+    assert decode_train_config(encode_train_config(recipe)) == recipe
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "train:\n  features: [8, 16, 16, 32, 32]\n  subunits: [1, 1, 1, 1, 1]\n"
+        "  spec: {crop_size: 48, flip_tta: false, refine_passes: 0}\n"
+    )
+    loaded = train_config_from_params(params)
+    assert loaded.features == (8, 16, 16, 32, 32) and loaded.spec.crop_size == 48
+    with pytest.raises(FederationConfigError):
+        decode_train_config("{not json")
+
+
+def test_faults_parse_and_act(tiny_world) -> None:
+    from data_registry import Registry
+    from federation.exceptions import InjectedFaultError
+    from models.samples import samples_from_registry
+
+    assert parse_fault(None) is None
+    assert parse_fault("scale:50").value == 50.0
+    assert parse_fault("exit:2").kind == "exit"
+    for bad in ("explode", "scale", "scale:x"):
+        with pytest.raises(FederationConfigError):
+            parse_fault(bad)
+    samples = samples_from_registry(Registry(tiny_world.registries[0]))[:4]
+    flipped = parse_fault("flip-labels").flip(samples)
+    assert [s.label for s in flipped] == [1 - s.label for s in samples]
+    arrays = {"w": np.ones(3, np.float32)}
+    assert parse_fault("scale:50").corrupt(arrays)["w"].tolist() == [50.0] * 3
+    assert np.isnan(parse_fault("nan").corrupt(arrays)["w"]).all()
+    parse_fault("crash:2").maybe_die(1)
+    with pytest.raises(InjectedFaultError):
+        parse_fault("crash:2").maybe_die(2)
+
+
+# -- screening ------------------------------------------------------------------------------
+
+
+def _weights(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
+    return {"a": rng.normal(size=(4, 3)).astype(np.float32) * scale, "b": np.ones(5, np.float32)}
+
+
+def test_screening_drops_nan_boosted_malformed_and_weightless_updates() -> None:
+    rng = np.random.default_rng(0)
+    reference = _weights(rng)
+    honest = [
+        {k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()}
+        for _ in range(3)
+    ]
+    boosted = {k: v * 50 for k, v in honest[0].items()}
+    nan = {k: np.full_like(v, np.nan) for k, v in honest[0].items()}
+    malformed = {"a": np.zeros((3, 3), np.float32), "b": np.ones(5, np.float32)}
+    updates = [Update(i, f"site-{i}", arrays, 10.0) for i, arrays in enumerate(honest)]
+    updates += [
+        Update(7, "boost", boosted, 10.0),
+        Update(8, "nan", nan, 10.0),
+        Update(9, "shape", malformed, 10.0),
+        Update(10, "weightless", honest[1], 0.0),
+    ]
+    report = screen_updates(reference, updates, norm_factor=5.0)
+    assert report.kept == [0, 1, 2]
+    reasons = {d.site_id: d.reason for d in report.dropped}
+    assert reasons == {
+        "boost": "norm",
+        "nan": "non-finite",
+        "shape": "structure",
+        "weightless": "weight",
+    }
+    assert report.median_norm is not None and report.median_norm > 0
+
+
+def test_screening_needs_three_updates_to_judge_norms() -> None:
+    rng = np.random.default_rng(1)
+    reference = _weights(rng)
+    two = [Update(0, "a", _weights(rng), 1.0), Update(1, "b", _weights(rng, 50.0), 1.0)]
+    assert screen_updates(reference, two, norm_factor=5.0).kept == [0, 1]
+
+
+# -- strategies on synthetic replies --------------------------------------------------------
+
+
+class _NodesOnly(Grid):
+    """The part of a Grid a strategy's configure_* uses: the connected node ids."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def set_run(self, run):
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
+
+
+@pytest.fixture()
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _reply(request: Message, site: str, arrays: dict[str, np.ndarray], n: int) -> Message:
+    content = RecordDict(
+        {
+            protocol.ARRAYS: to_record(arrays),
+            protocol.METRICS: MetricRecord(
+                {k: 1.0 for k in protocol.TRAIN_METRIC_KEYS} | {protocol.WEIGHT: n}
+            ),
+            protocol.SITE: ConfigRecord({"site-id": site, "registry-version": 1}),
+        }
+    )
+    return Message(content=content, reply_to=request)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_screens_then_aggregates_and_records(name: str, task_identity) -> None:
+    rng = np.random.default_rng(2)
+    reference = _weights(rng)
+    config = FederationConfig(
+        strategy=name, min_clients=2, num_malicious=0 if name == "bulyan" else 1
+    )
+    strategy = build_strategy(config, num_sites=6, round_offset=4)
+    requests = list(
+        strategy.configure_train(
+            1, to_record(reference), ConfigRecord(), _NodesOnly(list(range(1, 7)))
+        )
+    )
+    assert all(m.content["config"]["server-round"] == 5 for m in requests)
+    honest = [
+        {k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()}
+        for _ in range(4)
+    ]
+    replies = [_reply(requests[i], f"site-{i}", honest[i], 10 + i) for i in range(4)]
+    replies.append(_reply(requests[4], "boost", {k: v * 50 for k, v in honest[0].items()}, 10))
+    replies.append(Message(Error(code=0, reason="client died"), reply_to=requests[5]))
+    odd = _reply(requests[5], "odd", honest[0], 10)
+    odd.content["extra"] = MetricRecord({"case-0001-prob": 0.9})  # a per-case value: refused
+    replies.append(odd)
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    merged = {k: v.numpy() for k, v in arrays.items()}
+    for key, value in merged.items():
+        stack = np.stack([h[key] for h in honest])
+        assert np.all(value >= stack.min(0) - 1e-5) and np.all(value <= stack.max(0) + 1e-5)
+    record = strategy.records[5]
+    assert record.sites == ["site-0", "site-1", "site-2", "site-3"]
+    assert sorted((d["site"], d["reason"]) for d in record.dropped) == [
+        ("boost", "norm"),
+        ("odd", "structure"),
+    ]
+    assert len(record.failed) == 1 and "client died" in record.failed[0]["reason"]
+    if name == "fedprox":
+        assert requests[0].content["config"]["proximal-mu"] == config.proximal_mu
+
+
+def test_too_few_usable_updates_keep_the_global_model(task_identity) -> None:
+    rng = np.random.default_rng(3)
+    reference = _weights(rng)
+    strategy = build_strategy(FederationConfig(min_clients=3), num_sites=3)
+    requests = list(
+        strategy.configure_train(1, to_record(reference), ConfigRecord(), _NodesOnly([1, 2, 3]))
+    )
+    replies = [_reply(requests[0], "a", reference, 5), _reply(requests[1], "b", reference, 5)]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    assert strategy.records[1].aggregated is False
+
+
+def test_metric_aggregation_skips_nan_and_sums_counts() -> None:
+    records = [
+        RecordDict(
+            {protocol.METRICS: MetricRecord({protocol.WEIGHT: 10, "val-auc": 0.8, "val-cases": 3})}
+        ),
+        RecordDict(
+            {
+                protocol.METRICS: MetricRecord(
+                    {protocol.WEIGHT: 30, "val-auc": math.nan, "val-cases": 4}
+                )
+            }
+        ),
+    ]
+    out = protocol.aggregate_metrics(records, protocol.WEIGHT)
+    assert out["val-auc"] == pytest.approx(0.8)
+    assert out["val-cases"] == 7 and out[protocol.WEIGHT] == 40 and out["clients"] == 2
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoints_round_trip_prune_and_detect_corruption(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ckpt", keep=2)
+    assert store.latest() is None
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    for round_ in range(4):
+        store.save(
+            round_, {"w": arrays["w"] + round_}, [{"round": r} for r in range(round_ + 1)], {"x": 1}
+        )
+    latest = store.latest()
+    assert latest is not None and latest.round == 3
+    np.testing.assert_array_equal(latest.arrays["w"], arrays["w"] + 3)
+    assert [row["round"] for row in latest.history] == [0, 1, 2, 3]
+    assert sorted(p.name for p in store.directory.glob("*.npz")) == [
+        "round-0002.npz",
+        "round-0003.npz",
+    ]
+    (store.directory / "round-0003.npz").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="sha256"):
+        store.latest()
+    store.clear()
+    assert store.latest() is None
+
+
+# -- cycles and forgetting ------------------------------------------------------------------
+
+
+def test_forgetting_and_backward_transfer() -> None:
+    summary = forgetting_summary([[0.8, None, None], [0.7, 0.85, None], [0.6, 0.8, 0.9]])
+    assert summary["forgetting"] == pytest.approx(((0.8 - 0.6) + (0.85 - 0.8)) / 2)
+    assert summary["bwt"] == pytest.approx(((0.6 - 0.8) + (0.8 - 0.85)) / 2)
+    assert forgetting_summary([[0.7]])["bwt"] is None
+    assert next_version("1.2.3", 4) == "1.3.0" and next_version(None, 0) == "0.1.0"
+
+
+@pytest.fixture(scope="module")
+def two_version_registry(tiny_world, tmp_path_factory) -> Path:
+    """site-a's phantom export ingested in two halves: versions 1 and 2."""
+    from data_registry import Exclusion, ingest
+    from data_registry.importers import get_importer
+
+    root = tmp_path_factory.mktemp("versions") / "site-a"
+    candidates = list(get_importer("phantom")(tiny_world.phantom / "site-a"))
+    exclusion = Exclusion.load(tiny_world.locked / "exclusion.json")
+    half = len(candidates) // 2
+    for part in (candidates[:half], candidates[half:]):
+        ingest(part, root, site_id="site-a", source="phantom:site-a", exclusion=exclusion)
+    return root
+
+
+def test_a_cycle_trains_on_new_cases_plus_rehearsal_with_a_stable_validation_split(
+    two_version_registry: Path,
+) -> None:
+    from data_registry import Registry
+
+    registry = Registry(two_version_registry)
+    assert registry.version == 2
+    everything = load_site(
+        two_version_registry, since=None, rehearsal_size=0, val_fraction=0.3, seed=0, cycle=0
+    )
+    cycle1 = load_site(
+        two_version_registry,
+        since={"site-a": 1},
+        rehearsal_size=2,
+        val_fraction=0.3,
+        seed=0,
+        cycle=1,
+    )
+    new_ids = {e.case.case_id for e in registry.eligible(since=1)}
+    train_ids = [s.case_id for s in cycle1.train]
+    assert cycle1.new_cases == len([i for i in train_ids if i in new_ids]) > 0
+    assert cycle1.rehearsal_cases == 2 and len(train_ids) == cycle1.new_cases + 2
+    assert {s.case_id for s in cycle1.val} == {s.case_id for s in everything.val}
+    assert not {s.case_id for s in cycle1.val} & set(train_ids)
+    # adding cases never moves an old case between training and validation
+    old = validation_split(
+        [s for s in everything.train + everything.val if s.case_id not in new_ids], 0.3, 0
+    )
+    assert {s.case_id for s in old[1]} <= {s.case_id for s in everything.val}
+    naive = load_site(
+        two_version_registry,
+        since={"site-a": 1},
+        rehearsal_size=0,
+        val_fraction=0.3,
+        seed=0,
+        cycle=1,
+    )
+    assert naive.rehearsal_cases == 0 and naive.new_cases == cycle1.new_cases
+    with pytest.raises(FederationError):
+        load_site(
+            two_version_registry,
+            since={"site-a": 5},
+            rehearsal_size=0,
+            val_fraction=0.3,
+            seed=0,
+            cycle=1,
+        )
+
+
+def test_exchanged_weights_are_the_floating_point_state() -> None:
+    from models.train import build_model
+
+    model = build_model(tiny_config())
+    arrays = exchanged_state(model)
+    assert arrays and all(np.issubdtype(v.dtype, np.floating) for v in arrays.values())
+    assert not any(k.endswith("num_batches_tracked") for k in arrays)
+
+
+# -- certificates and keys ------------------------------------------------------------------
+
+
+def test_pki_issues_a_p384_server_certificate_signed_by_the_ca(tmp_path: Path) -> None:
+    pki = init_pki(tmp_path / "pki", hosts=["localhost", "127.0.0.1", "vendor.example"])
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert isinstance(server.public_key().curve, ec.SECP384R1)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "vendor.example" in san.get_values_for_type(x509.DNSName)
+    assert (pki.ca_key.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(DeploymentError, match="already holds a CA"):
+        init_pki(tmp_path / "pki")
+    command = superlink_command(pki, tmp_path / "state.db", port=9999)
+    for flag in (
+        "--ssl-ca-certfile",
+        "--ssl-certfile",
+        "--ssl-keyfile",
+        "--database",
+        "--enable-supernode-auth",
+    ):
+        assert flag in command
+
+
+def test_hospital_keys_are_p384_openssh_pairs(tmp_path: Path) -> None:
+    keys = make_node_keys(tmp_path, "site-a")
+    private = serialization.load_ssh_private_key(keys.private_key.read_bytes(), password=None)
+    public = serialization.load_ssh_public_key(keys.public_key.read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(
+        private.curve, ec.SECP384R1
+    )
+    assert public.public_numbers() == private.public_key().public_numbers()
+    assert (keys.private_key.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(DeploymentError):
+        make_node_keys(tmp_path, "site-a")
+    command = supernode_command(
+        superlink="127.0.0.1:9093", ca_cert=tmp_path / "ca.crt", private_key=keys.private_key,
+        registry=tmp_path, site_id="site-a", port=9100,
+    )  # fmt: skip
+    node_config = command[command.index("--node-config") + 1]
+    assert 'site-id="site-a"' in node_config and "registry=" in node_config
+
+
+def test_audit_describes_structure_not_values(task_identity) -> None:
+    from federation.audit import describe
+
+    request = Message(
+        content=RecordDict({"config": ConfigRecord({"a": 1})}), dst_node_id=3, message_type="train"
+    )
+    reply = _reply(request, "site-a", {"w": np.ones((2, 2), np.float32)}, 4)
+    entry = describe(reply)
+    assert entry["arrays"] == {"arrays": {"w": {"shape": [2, 2], "dtype": "float32"}}}
+    assert entry["configs"]["site"]["site-id"] == "site-a"
+    assert json.dumps(entry)

@@ -1,0 +1,175 @@
+"""Seeded ROI layers: crops, their numpy twins, inverse mapping and augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import geometry, roi
+from models.data import LesionDataset, synthetic_lesions
+from models.exceptions import ConfigError
+from models.geometry import RoiSpec
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, size=(70, 90)).astype(np.uint8)
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32))[None, None]
+
+
+def test_crop_centred_on_seed_reproduces_patch(image: np.ndarray) -> None:
+    size, seed = 33, (40, 30)
+    mat = geometry.crop_matrix(seed, size / 2.0, size)
+    expected = image[30 - 16 : 30 + 17, 40 - 16 : 40 + 17].astype(np.float32)
+    np.testing.assert_allclose(geometry.crop(image, mat, size), expected, atol=1e-4)
+    torch_crop = roi.SeededCrop(size)(_t(image), [mat])[0, 0].numpy()
+    np.testing.assert_allclose(torch_crop, expected, atol=1e-3)
+
+
+def test_crop_outside_image_is_zero(image: np.ndarray) -> None:
+    mat = geometry.crop_matrix((0, 0), 10.0, 20)
+    out = geometry.crop(image, mat, 20)
+    assert np.all(out[:9, :9] == 0.0)
+    assert np.all(out[11:, 11:] > 0.0) or out[11:, 11:].mean() > 0
+
+
+@pytest.mark.parametrize(
+    "angle,flip,aspect", [(0.0, False, 1.0), (0.3, True, 1.2), (-0.2, False, 0.8)]
+)
+def test_numpy_and_torch_crops_agree(
+    image: np.ndarray, angle: float, flip: bool, aspect: float
+) -> None:
+    mat = geometry.crop_matrix((37.3, 21.8), 27.5, 48, angle=angle, flip=flip, aspect=aspect)
+    a = geometry.crop(image / 255.0, mat, 48)
+    b = roi.SeededCrop(48)(_t(image / 255.0), [mat])[0, 0].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_build_inputs_matches_torch_seeded_crops(image: np.ndarray) -> None:
+    spec = RoiSpec(crop_size=32, scales=(1.0, 2.0), seed_sigma=3.0)
+    img01 = image.astype(np.float32) / 255.0
+    for flip in (False, True):
+        a, _ = geometry.build_inputs(img01, (50, 33), 12.5, spec, flip=flip)
+        b = roi.seeded_crops(_t(img01), (50, 33), 12.5, spec, flip=flip).numpy()
+        assert a.shape == (spec.in_channels, 32, 32)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        peak = np.unravel_index(np.argmax(a[-1]), a[-1].shape)
+        assert abs(peak[0] - 15.5) <= 0.5 and abs(peak[1] - 15.5) <= 0.5
+
+
+def test_flip_is_a_mirror(image: np.ndarray) -> None:
+    a = geometry.crop(image, geometry.crop_matrix((45, 35), 20.0, 40), 40)
+    b = geometry.crop(image, geometry.crop_matrix((45, 35), 20.0, 40, flip=True), 40)
+    np.testing.assert_allclose(a, b[:, ::-1], atol=1e-4)
+
+
+def test_inverse_mapping_round_trip() -> None:
+    h, w = 80, 100
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((xx - 52) / 14.0) ** 2 + ((yy - 41) / 9.0) ** 2 <= 1.0
+    mat = geometry.crop_matrix((50, 40), 24.0, 96, angle=0.25)
+    crop = geometry.crop(mask.astype(np.float32), mat, 96)
+    back = geometry.uncrop(crop, mat, (h, w)) > 0.5
+    iou = (back & mask).sum() / (back | mask).sum()
+    assert iou > 0.95
+    full = np.vstack([mat, [0, 0, 1]]) @ np.vstack([geometry.invert_affine(mat), [0, 0, 1]])
+    np.testing.assert_allclose(full, np.eye(3), atol=1e-9)
+    torch_back = roi.crop_to_image(torch.from_numpy(crop)[None, None], [mat], (h, w))
+    np.testing.assert_allclose(
+        torch_back[0, 0].numpy(), geometry.uncrop(crop, mat, (h, w)), atol=1e-5
+    )
+
+
+def test_uncrop_is_zero_outside_footprint() -> None:
+    mat = geometry.crop_matrix((20, 20), 5.0, 16)
+    back = geometry.uncrop(np.ones((16, 16), np.float32), mat, (50, 50))
+    assert back[15:25, 15:25].min() == pytest.approx(1.0)
+    assert back.sum() == pytest.approx(100.0, abs=1e-3)
+
+
+def test_augmentation_moves_but_keeps_seed_inside() -> None:
+    spec = RoiSpec(crop_size=64)
+    aug = roi.RoiAugmentation()
+    rng = np.random.default_rng(0)
+    seed, centers, halves = (60.0, 40.0), set(), set()
+    for _ in range(200):
+        params = roi.sample_roi_params(seed, 15.0, spec, aug, rng)
+        uv = geometry.invert_affine(params.matrices(spec)[0]) @ np.array([*seed, 1.0])
+        assert np.all(uv >= 0) and np.all(uv <= spec.crop_size - 1)
+        centers.add(params.center)
+        halves.add(round(params.half_width, 3))
+    assert len(centers) > 150 and len(halves) > 150
+    lo = min(halves) / 15.0 / spec.context_factor
+    hi = max(halves) / 15.0 / spec.context_factor
+    assert lo >= aug.wide_scale_range[0] - 1e-6 and hi <= aug.wide_scale_range[1] + 1e-6
+
+
+def test_training_crop_seed_channel_marks_the_click() -> None:
+    spec = RoiSpec(crop_size=48)
+    sample = synthetic_lesions(1, seed=5)[0]
+    image = torch.from_numpy(sample.image).float()[None, None] / 255.0
+    mask = torch.from_numpy(sample.mask).float()[None, None]
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        inputs, target = roi.training_crop(
+            image, mask, sample.seed, 20.0, spec, roi.RoiAugmentation(), rng
+        )
+        assert inputs.shape == (spec.in_channels, 48, 48) and target.shape == (1, 48, 48)
+        assert inputs[:-1].min() >= -1.0 and inputs[:-1].max() <= 1.0
+        v, u = np.unravel_index(int(inputs[-1].argmax()), (48, 48))
+        assert target[0, v, u] > 0.5  # the click lies in the lesion in the crop too
+
+
+def test_inference_crops_are_deterministic() -> None:
+    spec = RoiSpec(crop_size=48)
+    samples = synthetic_lesions(4, seed=1)
+    plain = LesionDataset(samples, spec)
+    a, b = plain[2], plain[2]
+    plain.set_epoch(5)
+    c = plain[2]
+    for key in ("inputs", "mask"):
+        assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+    augmented = LesionDataset(samples, spec, augmentation=roi.RoiAugmentation(), seed=7)
+    x, y = augmented[1], augmented[1]
+    assert torch.equal(x["inputs"], y["inputs"])
+    augmented.set_epoch(1)
+    assert not torch.equal(x["inputs"], augmented[1]["inputs"])
+
+
+def test_inference_crop_uses_context_factor_times_extent() -> None:
+    spec = RoiSpec(crop_size=48, context_factor=2.0)
+    params = roi.sample_roi_params((10.0, 12.0), 7.0, spec, None, np.random.default_rng(0))
+    assert params.center == (10.0, 12.0) and params.half_width == pytest.approx(14.0)
+    assert params.angle == 0.0 and not params.flip
+
+
+def test_extent_and_component_helpers() -> None:
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 4:9] = True
+    mask[15:18, 20:25] = True
+    assert geometry.chebyshev_extent(mask, (6, 7)) == pytest.approx(18.5)
+    comp = geometry.select_component(mask, (6, 7))
+    assert comp.sum() == 25
+    assert geometry.select_component(mask, (22, 19)).sum() == 15  # nearest component
+    mat = geometry.crop_matrix((6, 7), 10.0, 20)
+    crop = geometry.crop(comp.astype(np.float32), mat, 20) > 0.5
+    assert geometry.extent_in_image(crop, mat, (6, 7)) == pytest.approx(2.5, abs=0.6)
+
+
+def test_invalid_settings_raise() -> None:
+    with pytest.raises(ConfigError):
+        RoiSpec(scales=(2.0, 1.0))
+    with pytest.raises(ConfigError):
+        roi.RoiAugmentation(shift=0.6)
+    with pytest.raises(ConfigError):
+        geometry.crop_matrix((0, 0), 0.0, 16)
+    spec = RoiSpec(crop_size=40, pass1_fractions=(0.1, 0.3))
+    assert RoiSpec.from_json(spec.to_json()) == spec
+    assert math.isclose(spec.in_channels, 3)
