@@ -28,8 +28,11 @@ test: lint ## lint, then the whole test suite
 demo: setup ## the main job end to end, on the synthetic phantom
 	PATH=$(abspath $(BIN)):$$PATH ./scripts/demo.sh
 
-bench: setup ## benchmarks (JSON results under bench/results)
+bench: setup ## benchmarks (JSON and markdown under bench/results); the model and federation ones need real data and take long
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.registry --data $(DATA) --out bench/results
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.release --out bench/results
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.model --data $(DATA) --out bench/results
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.federation --data $(DATA) --out bench/results
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

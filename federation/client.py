@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from federation import protocol
 from federation.config import SiteSpec
-from federation.exceptions import SiteDataError
+from federation.exceptions import (
+    InjectedFaultError,
+    LocalTrainingError,
+    SiteDataError,
+)
 from federation.faults import Fault, parse_fault
 from federation.site import SiteData, load_site, site_seed
 from federation.task import (
@@ -36,7 +41,16 @@ from models.data import LesionSample
 from models.network import LesionNet
 from models.train import build_model, predict, train_epochs
 
-__all__ = ["NodeSettings", "evaluate_reply", "local_validation", "node_settings", "train_reply"]
+__all__ = [
+    "NodeSettings",
+    "evaluate_reply",
+    "guarded",
+    "local_validation",
+    "node_settings",
+    "train_reply",
+]
+
+log = logging.getLogger("sonofed.federation")
 
 
 @dataclass(frozen=True)
@@ -217,3 +231,29 @@ def evaluate_reply(msg: Message, context: Context, settings: NodeSettings) -> Me
         {protocol.METRICS: metric_record, protocol.SITE: _site_record(settings, site)}
     )
     return Message(content=content, reply_to=msg)
+
+
+def guarded(
+    handler: Callable[[Message, Context, NodeSettings], Message],
+    msg: Message,
+    context: Context,
+    settings: NodeSettings,
+) -> Message:
+    """Run a handler; a foreign exception leaves the hospital as its type only.
+
+    The full error is logged locally. The federation's own errors (no registry, nothing new to
+    train on, an injected fault) keep their message: they never name a case.
+
+    Raises:
+        FederationError: the handler failed (see above).
+    """
+    try:
+        return handler(msg, context, settings)
+    except (SiteDataError, InjectedFaultError):
+        raise
+    except Exception as e:
+        log.exception("%s failed at %s", msg.metadata.message_type, settings.registry)
+        raise LocalTrainingError(
+            f"local {msg.metadata.message_type} failed with {type(e).__name__}; "
+            "the details are in the hospital's log"
+        ) from None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from federation.client import evaluate_reply, node_settings, train_reply
+from federation.client import evaluate_reply, guarded, node_settings, train_reply
 from federation.config import SiteSpec
 
 __all__ = ["app", "build_client_app"]
@@ -25,11 +25,11 @@ def build_client_app(sites: Sequence[SiteSpec] | None = None) -> ClientApp:
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        return train_reply(msg, context, node_settings(context, listed))
+        return guarded(train_reply, msg, context, node_settings(context, listed))
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return evaluate_reply(msg, context, node_settings(context, listed))
+        return guarded(evaluate_reply, msg, context, node_settings(context, listed))
 
     return client
 

@@ -19,6 +19,11 @@ class SiteDataError(FederationError):
     """A hospital's registry cannot provide training data for this round or cycle."""
 
 
+class LocalTrainingError(FederationError):
+    """A hospital's round failed; the reply says only the exception type (details stay in the
+    hospital's log, since a foreign message could name a case)."""
+
+
 class InjectedFaultError(FederationError):
     """A fault injected on purpose by a test or benchmark (node config ``fault=crash:R``)."""
 

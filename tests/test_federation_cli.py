@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from federation.continual import since_from_bundle
 from sonofed.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,5 +106,7 @@ def test_a_killed_vendor_resumes_from_its_checkpoint(tiny_world, tmp_path: Path)
     assert lineage["parent"]["version"] == "1.0.0" and metadata["version"] == "1.1.0"
     assert set(lineage["registries"]) == {"site-a", "site-b", "site-c"}
     assert lineage["locked_test_manifest"] == tiny_world.locked_set.verify()
+    # the next cycle trains on what each registry gained after these versions
+    assert since_from_bundle(out) == {"site-a": 1, "site-b": 1, "site-c": 1}
     saved = json.loads((tmp_path / "federate-history.json").read_text())
     assert [row["round"] for row in saved] == [0, 1, 2]

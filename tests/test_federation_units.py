@@ -436,3 +436,25 @@ def test_audit_describes_structure_not_values(task_identity) -> None:
     assert entry["arrays"] == {"arrays": {"w": {"shape": [2, 2], "dtype": "float32"}}}
     assert entry["configs"]["site"]["site-id"] == "site-a"
     assert json.dumps(entry)
+
+
+def test_a_failing_hospital_sends_the_error_type_only(task_identity, tmp_path: Path) -> None:
+    from federation.client import NodeSettings, guarded
+    from federation.exceptions import LocalTrainingError, SiteDataError
+
+    request = Message(content=RecordDict(), dst_node_id=3, message_type="train")
+    settings = NodeSettings(tmp_path)
+
+    def leaks(msg, context, settings):
+        raise ValueError("case-0042: image must be uint8")
+
+    with pytest.raises(LocalTrainingError) as caught:
+        guarded(leaks, request, None, settings)
+    assert "case-0042" not in str(caught.value) and "ValueError" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+    def nothing_new(msg, context, settings):
+        raise SiteDataError("site-a: no eligible case added since registry version 2")
+
+    with pytest.raises(SiteDataError, match="since registry version 2"):
+        guarded(nothing_new, request, None, settings)
