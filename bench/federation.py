@@ -314,38 +314,50 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
 # -- compare -------------------------------------------------------------------------------
 
 
+def _baseline(registries: list[Path], out: Path, recipe, locked: Path, reuse: bool):
+    """A centrally trained bundle (all registries, or one: local-only); reused if asked."""
+    from models.bundle import load_metadata
+    from models.central import train_central
+
+    if reuse and (out / "metadata.json").is_file():
+        return load_metadata(out), None
+    start = time.perf_counter()
+    metadata = train_central(registries, out, config=recipe, testset=locked, progress=False)
+    return metadata, time.perf_counter() - start
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     from bench.model import prepare
     from federation.candidate import package_candidate
     from federation.config import FederationConfig, RunPaths, SiteSpec
     from federation.server import ServerPlan
     from federation.simulation import run_federation
-    from models.central import train_central
 
     locked, registries = prepare(args.data, args.work, 0.2, 0)
     epochs = args.epochs
     recipe = _recipe(args.params, epochs=epochs, patience=max(4, epochs // 2))
+    path = args.out / "federation.json"
+    previous = (json.loads(path.read_text()) if path.is_file() else {}).get("compare", {})
     result: dict[str, Any] = {"epochs": epochs, "recipe": {"features": recipe.features,
                               "crop": recipe.spec.crop_size, "batch": recipe.batch_size}}  # fmt: skip
-    timings = {}
-    start = time.perf_counter()
-    central = train_central(registries, args.work / "central", config=recipe, testset=locked,
-                            progress=False)  # fmt: skip
-    timings["central"] = time.perf_counter() - start
+    timings = dict(previous.get("seconds", {})) if args.reuse else {}
+    central, seconds = _baseline(registries, args.work / "central", recipe, locked, args.reuse)
+    if seconds is not None:
+        timings["central"] = seconds
     result["central"] = _locked_summary(central)
     print("central", result["central"]["auc"], flush=True)
     result["local_only"] = {}
     for registry in registries:
-        start = time.perf_counter()
-        local = train_central([registry], args.work / f"local-{registry.name}", config=recipe,
-                              testset=locked, progress=False)  # fmt: skip
-        timings[f"local-{registry.name}"] = time.perf_counter() - start
+        out = args.work / f"local-{registry.name}"
+        local, seconds = _baseline([registry], out, recipe, locked, args.reuse)
+        if seconds is not None:
+            timings[f"local-{registry.name}"] = seconds
         result["local_only"][registry.name] = _locked_summary(local)
         print("local", registry.name, result["local_only"][registry.name]["auc"], flush=True)
-    local_epochs = 2
-    # from scratch: the recipe's peak rate (cosine decay within each round's local epochs)
-    config = FederationConfig(rounds=max(1, epochs // local_epochs), local_epochs=local_epochs,
-                              lr=recipe.lr, fraction_evaluate=0.0)  # fmt: skip
+    rounds, local_epochs = args.fed_rounds, args.fed_local_epochs
+    label = f"{rounds} rounds x {local_epochs} epochs, lr {args.fed_lr:g} {args.fed_schedule}"
+    config = FederationConfig(rounds=rounds, local_epochs=local_epochs, lr=args.fed_lr,
+                              lr_schedule=args.fed_schedule, fraction_evaluate=0.0)  # fmt: skip
     run_dir = args.work / "federated-run"
     plan = ServerPlan(
         config, RunPaths(run_dir, locked), len(registries), recipe=recipe, restart=True
@@ -355,12 +367,18 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     outcome = run_federation(plan, sites)
     metadata = package_candidate(run_dir, sites, args.work / "federated", testset=locked,
                                  history_path=args.work / "federated-history.json")  # fmt: skip
-    timings["federated"] = time.perf_counter() - start
-    result["federated"] = _locked_summary(metadata)
+    timings[f"federated ({label})"] = time.perf_counter() - start
+    result["federated"] = {"settings": label, **_locked_summary(metadata)}
     result["federated_history"] = [
         {k: row.get(k) for k in ("round", "auc", "dice", "sensitivity", "specificity")}
         for row in outcome.history
     ]
+    variants = dict(previous.get("federated_variants", {})) if args.reuse else {}
+    if args.reuse and "federated" in previous:
+        earlier = previous["federated"]
+        variants.setdefault(earlier.get("settings", "first run"), earlier)
+    variants[label] = result["federated"]
+    result["federated_variants"] = variants
     fed, cen = result["federated"]["auc"], result["central"]["auc"]
     local_aucs = {k: v["auc"] for k, v in result["local_only"].items()}
     best_local = max(local_aucs.values())
@@ -566,7 +584,9 @@ def _markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {block['auc']:.3f} [{block['ci'][0]:.3f}, {block['ci'][1]:.3f}] | {sites} |"
             )
-        lines += ["", f"Summary: `{json.dumps(c['summary'])}`", ""]
+        for label, block in c.get("federated_variants", {}).items():
+            lines.append(f"- federated, {label}: pooled AUC {block['auc']:.3f}")
+        lines += ["", f"Summary (latest federated run): `{json.dumps(c['summary'])}`", ""]
     if "overhead" in results:
         o = results["overhead"]
         lines += ["## Flower overhead", "",
@@ -605,6 +625,11 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--epochs", type=int, default=12, help="epoch budget (compare)")
+    parser.add_argument("--fed-rounds", type=int, default=6, help="federated rounds (compare)")
+    parser.add_argument("--fed-local-epochs", type=int, default=2)
+    parser.add_argument("--fed-lr", type=float, default=3e-3)
+    parser.add_argument("--fed-schedule", choices=("cosine", "constant"), default="constant")
+    parser.add_argument("--reuse", action="store_true", help="reuse trained baselines (compare)")
     parser.add_argument("--overhead-rounds", type=int, default=3)
     parser.add_argument("--cycle-rounds", type=int, default=3)
     parser.add_argument("--rehearsal", type=int, default=64)

@@ -13,6 +13,7 @@ Writes ``<out>/model.json`` and ``<out>/model.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -165,17 +166,21 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-cases", type=int, default=100)
+    parser.add_argument("--epochs", type=int, help="epoch budget (default: params.yaml `train`)")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no real data at {args.data}; this benchmark needs the three sites")
     locked, registries = prepare(args.data, args.work, args.fraction, args.seed)
     config = load_train_config(args.params)
+    if args.epochs:
+        config = dataclasses.replace(config, epochs=args.epochs)
     start = time.perf_counter()
     metadata = train_central(registries, args.work / "central", config=config, testset=locked)
     minutes = (time.perf_counter() - start) / 60.0
     result = {
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
         "train_minutes": round(minutes, 2),
+        "epochs": config.epochs,
         "train_seconds_network": metadata.lineage.get("train_seconds"),
         "training_data": metadata.training_data,
         "locked_test": metadata.metrics["locked_test"],

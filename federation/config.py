@@ -47,6 +47,8 @@ class FederationConfig:
         rounds: planned server rounds of this cycle.
         local_epochs: epochs each hospital trains per round.
         lr: local learning rate; 0 uses the network recipe's fine-tuning rate (``lr / 3``).
+        lr_schedule: ``cosine`` decays the local rate over the planned rounds
+            (``lr · ½(1 + cos(π (round − 1) / rounds))``), ``constant`` keeps it.
         batch_size: local batch size; 0 keeps the network recipe's.
         proximal_mu: FedProx ``mu`` (sent by the FedProx strategy; 0 disables the term).
         strategy: one of :data:`STRATEGIES`.
@@ -71,6 +73,7 @@ class FederationConfig:
     rounds: int = 3
     local_epochs: int = 1
     lr: float = 0.0
+    lr_schedule: str = "cosine"
     batch_size: int = 0
     proximal_mu: float = 0.01
     strategy: str = "fedprox"
@@ -93,6 +96,8 @@ class FederationConfig:
             problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.lr < 0 or self.batch_size < 0 or self.proximal_mu < 0 or self.rehearsal_size < 0:
             problems.append("lr, batch_size, proximal_mu and rehearsal_size must be >= 0")
+        if self.lr_schedule not in ("cosine", "constant"):
+            problems.append(f"lr_schedule {self.lr_schedule!r} is not cosine or constant")
         if self.batch_size == 1:
             problems.append("batch_size must be 0 (recipe default) or at least 2")
         if self.cycle < 0 or self.num_malicious < 0:
@@ -156,7 +161,7 @@ class FederationConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that must match for a checkpoint to be resumed."""
         keep = ("rounds", "strategy", "cycle", "seed", "local_epochs", "proximal_mu",
-                "rehearsal_size", "val_fraction")  # fmt: skip
+                "rehearsal_size", "val_fraction", "lr", "lr_schedule", "batch_size")  # fmt: skip
         return {k: getattr(self, k) for k in keep}
 
 

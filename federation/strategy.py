@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,7 @@ from federation.config import FederationConfig
 from federation.screening import Update, screen_updates
 from federation.task import RecordArrays, from_record
 
-__all__ = ["RoundRecord", "build_strategy"]
+__all__ = ["RoundRecord", "build_strategy", "lr_factor"]
 
 log = logging.getLogger("sonofed.federation")
 
@@ -53,6 +54,7 @@ class RoundRecord:
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
     median_update_norm: float | None = None
+    update_norms: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +64,7 @@ class RoundRecord:
             "failed": self.failed,
             "aggregated": self.aggregated,
             "median_update_norm": self.median_update_norm,
+            "update_norms": self.update_norms,
             "client_train": self.train_metrics,
             "client_evaluate": self.evaluate_metrics,
             "site_info": self.site_info,
@@ -95,6 +98,14 @@ def _site_of(message: Message) -> str:
     return f"node-{message.metadata.src_node_id}"
 
 
+def lr_factor(config: FederationConfig, server_round: int) -> float:
+    """The local learning rate's multiplier in ``server_round`` (``config.lr_schedule``)."""
+    if config.lr_schedule == "constant" or config.rounds <= 1:
+        return 1.0
+    progress = (server_round - 1) / config.rounds
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
 class _Screened:
     """Mixin placed before a Flower strategy class (see the module docstring)."""
 
@@ -121,6 +132,9 @@ class _Screened:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         actual = server_round + self.round_offset
+        if "lr" in config:
+            self._base_lr = getattr(self, "_base_lr", None) or float(config["lr"])
+            config["lr"] = self._base_lr * lr_factor(self.config, actual)
         messages = list(super().configure_train(actual, arrays, config, grid))
         self.expect(server_round, arrays, (m.metadata.dst_node_id for m in messages))
         return messages
@@ -166,6 +180,7 @@ class _Screened:
             )
         report = screen_updates(reference, updates, norm_factor=self.config.screen_norm_factor)
         record.median_update_norm = report.median_norm
+        record.update_norms = {u.site_id: n for u, n in zip(updates, report.norms, strict=True)}
         for item in report.dropped:
             record.dropped.append(item.to_dict())
             log.warning(

@@ -61,7 +61,7 @@ class RoiSpec:
         flip_tta: average the second pass with its horizontal mirror.
     """
 
-    crop_size: int = 96
+    crop_size: int = 64
     scales: tuple[float, ...] = (1.0, 2.0)
     seed_sigma: float = 4.0
     pass1_fractions: tuple[float, ...] = (0.12, 0.24, 0.48)

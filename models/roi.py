@@ -59,8 +59,8 @@ class RoiAugmentation:
     """
 
     scale_range: tuple[float, float] = (0.7, 1.4)
-    wide_scale_range: tuple[float, float] = (0.4, 3.0)
-    wide_prob: float = 0.3
+    wide_scale_range: tuple[float, float] = (0.2, 3.0)
+    wide_prob: float = 0.25
     shift: float = 0.15
     rotation_deg: float = 12.0
     aspect: float = 0.15

@@ -458,3 +458,39 @@ def test_a_failing_hospital_sends_the_error_type_only(task_identity, tmp_path: P
 
     with pytest.raises(SiteDataError, match="since registry version 2"):
         guarded(nothing_new, request, None, settings)
+
+
+def test_the_local_rate_decays_over_the_planned_rounds(task_identity) -> None:
+    from federation.strategy import lr_factor
+
+    config = FederationConfig(rounds=4, lr_schedule="cosine")
+    assert [round(lr_factor(config, r), 3) for r in (1, 2, 3, 4)] == [1.0, 0.854, 0.5, 0.146]
+    assert lr_factor(FederationConfig(rounds=4, lr_schedule="constant"), 3) == 1.0
+    strategy = build_strategy(config, num_sites=2, round_offset=2)  # resumed after round 2
+    arrays = to_record({"w": np.ones(2, np.float32)})
+    round_config = ConfigRecord({"lr": 0.002})
+    for server_round, expected in ((1, 0.001), (2, 0.002 * 0.146)):
+        (message, _) = strategy.configure_train(
+            server_round, arrays, round_config, _NodesOnly([1, 2])
+        )
+        assert message.content["config"]["lr"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_running_statistics_count_for_finiteness_but_not_for_the_norm() -> None:
+    reference = {"conv.weight": np.zeros(4, np.float32), "bn.running_var": np.ones(4, np.float32)}
+    big_statistics = {
+        "conv.weight": np.full(4, 0.1, np.float32),
+        "bn.running_var": np.full(4, 900.0, np.float32),
+    }
+    small = {"conv.weight": np.full(4, 0.1, np.float32), "bn.running_var": np.ones(4, np.float32)}
+    nan_statistics = {
+        "conv.weight": np.zeros(4, np.float32),
+        "bn.running_var": np.full(4, np.nan, np.float32),
+    }
+    updates = [
+        Update(i, f"s{i}", a, 1.0)
+        for i, a in enumerate([big_statistics, small, small, nan_statistics])
+    ]
+    report = screen_updates(reference, updates, norm_factor=5.0)
+    assert report.kept == [0, 1, 2]
+    assert [(d.site_id, d.reason) for d in report.dropped] == [("s3", "non-finite")]
