@@ -627,8 +627,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="epoch budget (compare)")
     parser.add_argument("--fed-rounds", type=int, default=6, help="federated rounds (compare)")
     parser.add_argument("--fed-local-epochs", type=int, default=2)
-    parser.add_argument("--fed-lr", type=float, default=3e-3)
-    parser.add_argument("--fed-schedule", choices=("cosine", "constant"), default="constant")
+    parser.add_argument("--fed-lr", type=float, default=3e-3, help="peak local rate")
+    parser.add_argument(
+        "--fed-schedule", choices=("onecycle", "cosine", "constant"), default="onecycle"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse trained baselines (compare)")
     parser.add_argument("--overhead-rounds", type=int, default=3)
     parser.add_argument("--cycle-rounds", type=int, default=3)

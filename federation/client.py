@@ -189,6 +189,8 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
         lr=lr,
         epoch_offset=(server_round - 1) * epochs,
         progress=False,
+        schedule=str(config.get("lr-schedule", "cosine")),
+        span=(float(config.get("progress-start", 0.0)), float(config.get("progress-end", 1.0))),
     )
     validation = local_validation(model, site.val)
     arrays = exchanged_state(model)

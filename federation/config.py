@@ -39,6 +39,9 @@ thresholds; the candidate bundle's own operating points are chosen on validation
 ``high-accuracy`` mode's."""
 
 
+LR_SCHEDULES = ("onecycle", "cosine", "constant")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """How a federated cycle runs.
@@ -46,9 +49,11 @@ class FederationConfig:
     Args:
         rounds: planned server rounds of this cycle.
         local_epochs: epochs each hospital trains per round.
-        lr: local learning rate; 0 uses the network recipe's fine-tuning rate (``lr / 3``).
-        lr_schedule: ``cosine`` decays the local rate over the planned rounds
-            (``lr · ½(1 + cos(π (round − 1) / rounds))``), ``constant`` keeps it.
+        lr: peak local learning rate; 0 uses the network recipe's rate from scratch (cycle 0)
+            and its fine-tuning rate (``lr / 3``) when a cycle continues a release.
+        lr_schedule: the rate over the whole cycle, step by step, each round running its share
+            ``((round - 1) / rounds, round / rounds)``: ``onecycle`` (the recipe's warm-up, then
+            cosine decay: what central training does), ``cosine`` (decay only) or ``constant``.
         batch_size: local batch size; 0 keeps the network recipe's.
         proximal_mu: FedProx ``mu`` (sent by the FedProx strategy; 0 disables the term).
         strategy: one of :data:`STRATEGIES`.
@@ -73,7 +78,7 @@ class FederationConfig:
     rounds: int = 3
     local_epochs: int = 1
     lr: float = 0.0
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "onecycle"
     batch_size: int = 0
     proximal_mu: float = 0.01
     strategy: str = "fedprox"
@@ -96,8 +101,10 @@ class FederationConfig:
             problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.lr < 0 or self.batch_size < 0 or self.proximal_mu < 0 or self.rehearsal_size < 0:
             problems.append("lr, batch_size, proximal_mu and rehearsal_size must be >= 0")
-        if self.lr_schedule not in ("cosine", "constant"):
-            problems.append(f"lr_schedule {self.lr_schedule!r} is not cosine or constant")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(
+                f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}"
+            )
         if self.batch_size == 1:
             problems.append("batch_size must be 0 (recipe default) or at least 2")
         if self.cycle < 0 or self.num_malicious < 0:

@@ -108,7 +108,7 @@ def _round_config(plan: ServerPlan, recipe: TrainConfig, since: dict[str, int]) 
     return ConfigRecord(
         {
             "local-epochs": c.local_epochs,
-            "lr": float(c.lr or recipe.lr / 3.0),
+            "lr": float(c.lr or (recipe.lr if c.cycle == 0 else recipe.lr / 3.0)),
             "batch-size": c.batch_size,
             "train-config": encode_train_config(recipe),
             "since": json.dumps(since, sort_keys=True),

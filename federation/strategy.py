@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from federation.config import FederationConfig
 from federation.screening import Update, screen_updates
 from federation.task import RecordArrays, from_record
 
-__all__ = ["RoundRecord", "build_strategy", "lr_factor"]
+__all__ = ["RoundRecord", "build_strategy", "schedule_span"]
 
 log = logging.getLogger("sonofed.federation")
 
@@ -98,12 +97,11 @@ def _site_of(message: Message) -> str:
     return f"node-{message.metadata.src_node_id}"
 
 
-def lr_factor(config: FederationConfig, server_round: int) -> float:
-    """The local learning rate's multiplier in ``server_round`` (``config.lr_schedule``)."""
-    if config.lr_schedule == "constant" or config.rounds <= 1:
-        return 1.0
-    progress = (server_round - 1) / config.rounds
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+def schedule_span(config: FederationConfig, server_round: int) -> tuple[float, float]:
+    """The stretch of the cycle's learning-rate schedule that ``server_round`` runs."""
+    rounds = max(config.rounds, 1)
+    start = min(max(server_round - 1, 0), rounds) / rounds
+    return start, min(server_round, rounds) / rounds
 
 
 class _Screened:
@@ -132,9 +130,9 @@ class _Screened:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         actual = server_round + self.round_offset
-        if "lr" in config:
-            self._base_lr = getattr(self, "_base_lr", None) or float(config["lr"])
-            config["lr"] = self._base_lr * lr_factor(self.config, actual)
+        start, end = schedule_span(self.config, actual)
+        config["lr-schedule"] = self.config.lr_schedule
+        config["progress-start"], config["progress-end"] = start, end
         messages = list(super().configure_train(actual, arrays, config, grid))
         self.expect(server_round, arrays, (m.metadata.dst_node_id for m in messages))
         return messages

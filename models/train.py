@@ -239,7 +239,9 @@ class _LrSchedule:
 
     Progress counts optimiser steps; with a wall-time budget it is the larger of the step share and
     the time share, so a run slowed down by a busy machine still warms up, anneals and ends inside
-    its budget (then it is reproducible only while the budget does not bind).
+    its budget (then it is reproducible only while the budget does not bind). ``span`` maps these
+    steps onto a stretch of a longer schedule: a federated round runs its share of the whole
+    run's warm-up and decay.
     """
 
     def __init__(
@@ -250,6 +252,7 @@ class _LrSchedule:
         total_steps: int,
         warmup_fraction: float,
         budget_s: float | None = None,
+        span: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.optimizer = optimizer
         self.kind = kind
@@ -257,6 +260,7 @@ class _LrSchedule:
         self.total = max(total_steps, 1)
         self.warmup = warmup_fraction if kind == "onecycle" else 0.0
         self.budget_s = budget_s
+        self.span = span
         self.start = time.perf_counter()
         self.steps = 0
         self._apply(0.0)
@@ -282,8 +286,9 @@ class _LrSchedule:
         return floor + (self.peak - floor) * (1.0 + math.cos(math.pi * q)) / 2.0
 
     def _apply(self, p: float) -> None:
+        start, end = self.span
         for group in self.optimizer.param_groups:
-            group["lr"] = self.rate(p)
+            group["lr"] = self.rate(start + (end - start) * p)
 
     def step(self) -> None:
         self.steps += 1
@@ -399,12 +404,14 @@ def train_epochs(
     lr: float | None = None,
     epoch_offset: int = 0,
     progress: bool = True,
+    schedule: str | None = None,
+    span: tuple[float, float] = (0.0, 1.0),
 ) -> list[dict[str, float]]:
     """Train ``model`` in place for ``epochs`` local epochs (the federated client's step).
 
-    Uses AdamW with a cosine decay over these epochs (``constant`` schedule keeps ``lr``) and, when
-    ``proximal_to`` is given and ``config.proximal_mu > 0``, the FedProx term
-    ``mu/2 * ||w - w_global||^2``.
+    Uses AdamW with the learning-rate ``schedule`` (default: a cosine decay over these epochs, or
+    ``lr`` kept constant with the recipe's ``constant`` schedule) and, when ``proximal_to`` is
+    given and ``config.proximal_mu > 0``, the FedProx term ``mu/2 * ||w - w_global||^2``.
 
     Args:
         model: the network (e.g. loaded with the global weights).
@@ -415,6 +422,10 @@ def train_epochs(
         lr: learning rate (defaults to ``config.lr / 3``, a fine-tuning rate).
         epoch_offset: first epoch index (varies augmentation and order across rounds).
         progress: show tqdm bars.
+        schedule: ``onecycle``, ``cosine`` or ``constant`` (peak ``lr``; onecycle warms up over
+            the recipe's ``warmup_fraction``).
+        span: the stretch of the schedule these epochs run, as fractions of a longer run (a
+            federated round r of R runs ``((r - 1) / R, r / R)``).
 
     Returns:
         one dict of mean training losses per epoch.
@@ -432,8 +443,10 @@ def train_epochs(
     rate = config.lr / 3.0 if lr is None else lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=config.weight_decay)
     steps = epochs * len(_loader(dataset, config, 0, True))
-    kind = "constant" if config.schedule == "constant" else "cosine"
-    schedule = _LrSchedule(optimizer, kind, rate, steps, 0.0)
+    kind = schedule or ("constant" if config.schedule == "constant" else "cosine")
+    if kind not in ("onecycle", "cosine", "constant"):
+        raise ConfigError(f"unknown schedule {kind!r}")
+    rates = _LrSchedule(optimizer, kind, rate, steps, config.warmup_fraction, span=span)
     reference = _reference(proximal_to)
     history = []
     for e in range(epoch_offset, epoch_offset + epochs):
@@ -444,7 +457,7 @@ def train_epochs(
                 loader,
                 loss_fn,
                 optimizer,
-                schedule,
+                rates,
                 config,
                 reference,
                 config.proximal_mu,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -460,20 +461,39 @@ def test_a_failing_hospital_sends_the_error_type_only(task_identity, tmp_path: P
         guarded(nothing_new, request, None, settings)
 
 
-def test_the_local_rate_decays_over_the_planned_rounds(task_identity) -> None:
-    from federation.strategy import lr_factor
+def test_each_round_runs_its_share_of_the_cycle_schedule(task_identity) -> None:
+    from federation.strategy import schedule_span
 
-    config = FederationConfig(rounds=4, lr_schedule="cosine")
-    assert [round(lr_factor(config, r), 3) for r in (1, 2, 3, 4)] == [1.0, 0.854, 0.5, 0.146]
-    assert lr_factor(FederationConfig(rounds=4, lr_schedule="constant"), 3) == 1.0
+    config = FederationConfig(rounds=4, lr_schedule="onecycle")
+    assert [schedule_span(config, r) for r in (1, 4)] == [(0.0, 0.25), (0.75, 1.0)]
     strategy = build_strategy(config, num_sites=2, round_offset=2)  # resumed after round 2
     arrays = to_record({"w": np.ones(2, np.float32)})
-    round_config = ConfigRecord({"lr": 0.002})
-    for server_round, expected in ((1, 0.001), (2, 0.002 * 0.146)):
+    for server_round, expected in ((1, (0.5, 0.75)), (2, (0.75, 1.0))):
         (message, _) = strategy.configure_train(
-            server_round, arrays, round_config, _NodesOnly([1, 2])
+            server_round, arrays, ConfigRecord({"lr": 0.002}), _NodesOnly([1, 2])
         )
-        assert message.content["config"]["lr"] == pytest.approx(expected, abs=1e-6)
+        sent = message.content["config"]
+        assert (sent["progress-start"], sent["progress-end"]) == expected
+        assert sent["lr-schedule"] == "onecycle" and sent["lr"] == 0.002
+
+
+def test_rounds_of_a_split_schedule_follow_the_single_schedule() -> None:
+    """Four spans of a one-cycle schedule give the rates of one uninterrupted run."""
+    from models.train import _LrSchedule
+
+    def rates(span: tuple[float, float], steps: int) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = _LrSchedule(optimizer, "onecycle", 3e-3, steps, 0.15, span=span)
+        out = []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            schedule.step()
+        return out
+
+    whole = rates((0.0, 1.0), 40)
+    split = [r for k in range(4) for r in rates((k / 4, (k + 1) / 4), 10)]
+    assert split == pytest.approx(whole, rel=1e-9)
+    assert max(whole) == pytest.approx(3e-3, rel=0.02) and whole[0] < whole[6] > whole[-1]
 
 
 def test_running_statistics_count_for_finiteness_but_not_for_the_norm() -> None:
