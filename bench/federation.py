@@ -47,7 +47,7 @@ SECTIONS = ("aggregation", "overhead", "compare", "continual")
 # -- shared helpers ------------------------------------------------------------------------
 
 
-def _recipe(params: Path, **overrides: Any):
+def _recipe(params: Path | None, **overrides: Any):
     from federation.task import train_config_from_params
 
     return train_config_from_params(params, num_threads=1, **overrides)
@@ -356,8 +356,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print("local", registry.name, result["local_only"][registry.name]["auc"], flush=True)
     rounds, local_epochs = args.fed_rounds, args.fed_local_epochs
     label = f"{rounds} rounds x {local_epochs} epochs, lr {args.fed_lr:g} {args.fed_schedule}"
+    label += ", moments kept" if args.fed_keep_optimizer else ", fresh moments each round"
     config = FederationConfig(rounds=rounds, local_epochs=local_epochs, lr=args.fed_lr,
-                              lr_schedule=args.fed_schedule, fraction_evaluate=0.0)  # fmt: skip
+                              lr_schedule=args.fed_schedule, fraction_evaluate=0.0,
+                              keep_optimizer=args.fed_keep_optimizer)  # fmt: skip
     run_dir = args.work / "federated-run"
     plan = ServerPlan(
         config, RunPaths(run_dir, locked), len(registries), recipe=recipe, restart=True
@@ -622,7 +624,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-federation"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--params",
+        type=Path,
+        help="a params file whose `train` block sets the recipe (default: the code's validated "
+        "real-data recipe; params.yaml holds the phantom pipeline's compact one)",
+    )
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--epochs", type=int, default=12, help="epoch budget (compare)")
     parser.add_argument("--fed-rounds", type=int, default=6, help="federated rounds (compare)")
@@ -630,6 +637,12 @@ def main() -> None:
     parser.add_argument("--fed-lr", type=float, default=3e-3, help="peak local rate")
     parser.add_argument(
         "--fed-schedule", choices=("onecycle", "cosine", "constant"), default="onecycle"
+    )
+    parser.add_argument(
+        "--fed-keep-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hospitals keep their AdamW moments across rounds",
     )
     parser.add_argument("--reuse", action="store_true", help="reuse trained baselines (compare)")
     parser.add_argument("--overhead-rounds", type=int, default=3)

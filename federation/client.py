@@ -134,6 +134,15 @@ def local_validation(model: LesionNet, val: Sequence[LesionSample]) -> dict[str,
     return {"val-auc": auc, "val-dice": float(np.mean(dice))}
 
 
+OPTIMIZER_STATE = "local-optimizer"
+"""Key of the hospital's AdamW moments in its ``context.state`` (kept across rounds, never sent)."""
+
+
+def _kept_moments(context: Context) -> dict[str, np.ndarray]:
+    record = context.state.array_records.get(OPTIMIZER_STATE)
+    return from_record(record) if record is not None else {}
+
+
 def _site_record(settings: NodeSettings, site: SiteData) -> ConfigRecord:
     return ConfigRecord(
         {
@@ -180,6 +189,7 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
         fault.maybe_die(server_round)
     epochs = int(config.get("local-epochs", 1))
     lr = float(config.get("lr", 0.0)) or None
+    moments = _kept_moments(context) if bool(config.get("keep-optimizer", False)) else None
     history = train_epochs(
         model,
         samples,
@@ -191,7 +201,10 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
         progress=False,
         schedule=str(config.get("lr-schedule", "cosine")),
         span=(float(config.get("progress-start", 0.0)), float(config.get("progress-end", 1.0))),
+        optimizer_state=moments,
     )
+    if moments is not None:
+        context.state[OPTIMIZER_STATE] = to_record(moments)
     validation = local_validation(model, site.val)
     arrays = exchanged_state(model)
     if fault:

@@ -59,6 +59,9 @@ class FederationConfig:
         strategy: one of :data:`STRATEGIES`.
         min_clients: fewest hospitals a round needs (sampling waits for them; a round with
             fewer usable updates after screening keeps the previous global model).
+        keep_optimizer: each hospital keeps its AdamW moments from round to round (they never
+            leave it), instead of starting every round with fresh moments and their large
+            first steps.
         rehearsal_size: earlier eligible cases each hospital mixes into a cycle's new cases
             (0 = naive fine-tuning on new cases only).
         cycle: continual-learning cycle (0 trains from scratch; later cycles start from the
@@ -83,6 +86,7 @@ class FederationConfig:
     proximal_mu: float = 0.01
     strategy: str = "fedprox"
     min_clients: int = 2
+    keep_optimizer: bool = True
     rehearsal_size: int = 64
     cycle: int = 0
     seed: int = 0
@@ -138,6 +142,10 @@ class FederationConfig:
                 unknown.append(str(key))
                 continue
             kind = type(known[name].default)
+            if kind is bool and isinstance(value, str):
+                if value.strip().lower() not in ("true", "false", "1", "0"):
+                    raise FederationConfigError(f"federate: {key}={value!r} is not true or false")
+                value = value.strip().lower() in ("true", "1")
             try:
                 out[name] = kind(value)
             except (TypeError, ValueError) as e:

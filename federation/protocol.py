@@ -33,6 +33,7 @@ ROUND_CONFIG_KEYS = frozenset(
         "train-config",
         "since",
         "rehearsal-size",
+        "keep-optimizer",
         "val-fraction",
         "seed",
         "cycle",

@@ -113,6 +113,7 @@ def _round_config(plan: ServerPlan, recipe: TrainConfig, since: dict[str, int]) 
             "train-config": encode_train_config(recipe),
             "since": json.dumps(since, sort_keys=True),
             "rehearsal-size": c.rehearsal_size,
+            "keep-optimizer": c.keep_optimizer,
             "val-fraction": c.val_fraction,
             "seed": c.seed,
             "cycle": c.cycle,

@@ -1,7 +1,7 @@
 """One-machine federation: the ServerApp and one ClientApp per site in Flower's simulation.
 
-The simulation runtime runs each hospital's ClientApp in a Ray worker process (one CPU and one
-torch thread each) and the ServerApp in a thread of this process, so a hospital that dies takes
+The simulation runtime runs each hospital's ClientApp in a Ray worker process (one torch thread
+each, and one CPU, or an equal share when there are more hospitals than CPUs) and the ServerApp in a thread of this process, so a hospital that dies takes
 only its worker with it.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,8 @@ def run_federation(
     Args:
         plan: the vendor's plan (``num_sites`` should equal ``len(sites)``).
         sites: one hospital per entry (registry, reported name, optional fault).
-        cpus: CPUs Ray may use (default: all, at most one per site); each ClientApp gets one.
+        cpus: CPUs Ray may use (default: all, at most one per site); each ClientApp gets one,
+            or ``cpus / len(sites)`` when the sites outnumber them.
         verbose: keep Flower's INFO log lines.
 
     Returns:
@@ -55,11 +57,14 @@ def run_federation(
     if not sites:
         raise FederationRunError("no site to federate")
     cpus = cpus or max(1, min(len(sites), os.cpu_count() or 1))
+    # More hospitals than CPUs: share the CPUs so every hospital trains at once, rather than
+    # leaving a core idle while the last one trains alone (Ray takes 4 decimals).
+    per_client = math.floor(min(1.0, cpus / len(sites)) * 10_000) / 10_000
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     _quiet_flower(verbose)
     backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
         "init_args": {
             "num_cpus": cpus,
             "num_gpus": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +29,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "load_optimizer_arrays",
     "load_state_numpy",
+    "optimizer_arrays",
     "predict",
     "state_to_numpy",
     "train_epochs",
@@ -394,6 +396,41 @@ def _check_samples(samples: Sequence[LesionSample], what: str) -> None:
         raise DataError(f"no {what} samples")
 
 
+_MOMENTS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def optimizer_arrays(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, np.ndarray]:
+    """The AdamW moments by parameter name (``<name>/exp_avg``, ``/exp_avg_sq``, ``/step``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, parameter in model.named_parameters():
+        state = optimizer.state.get(parameter) or {}
+        for key in _MOMENTS:
+            if key in state:
+                out[f"{name}/{key}"] = state[key].detach().cpu().numpy().copy()
+    return out
+
+
+def load_optimizer_arrays(
+    optimizer: torch.optim.Optimizer, model: nn.Module, arrays: Mapping[str, np.ndarray]
+) -> bool:
+    """Restore moments saved by :func:`optimizer_arrays`; False (nothing loaded) on any mismatch."""
+    restored = {}
+    for name, parameter in model.named_parameters():
+        values = {key: arrays.get(f"{name}/{key}") for key in _MOMENTS}
+        if any(v is None for v in values.values()):
+            return False
+        if values["exp_avg"].shape != tuple(parameter.shape):
+            return False
+        restored[parameter] = {k: torch.as_tensor(np.array(v)) for k, v in values.items()}
+    for parameter, state in restored.items():
+        optimizer.state[parameter] = {
+            "step": state["step"].float(),
+            "exp_avg": state["exp_avg"].to(parameter.dtype),
+            "exp_avg_sq": state["exp_avg_sq"].to(parameter.dtype),
+        }
+    return True
+
+
 def train_epochs(
     model: LesionNet,
     samples: Sequence[LesionSample],
@@ -406,6 +443,7 @@ def train_epochs(
     progress: bool = True,
     schedule: str | None = None,
     span: tuple[float, float] = (0.0, 1.0),
+    optimizer_state: MutableMapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place for ``epochs`` local epochs (the federated client's step).
 
@@ -426,6 +464,9 @@ def train_epochs(
             the recipe's ``warmup_fraction``).
         span: the stretch of the schedule these epochs run, as fractions of a longer run (a
             federated round r of R runs ``((r - 1) / R, r / R)``).
+        optimizer_state: AdamW moments to continue from (a hospital keeps its own across rounds,
+            so each round does not restart with the large first steps of fresh moments); replaced
+            in place by the moments after these epochs.
 
     Returns:
         one dict of mean training losses per epoch.
@@ -442,6 +483,8 @@ def train_epochs(
     loss_fn = _loss_fn(model, samples, config)
     rate = config.lr / 3.0 if lr is None else lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=config.weight_decay)
+    if optimizer_state:
+        load_optimizer_arrays(optimizer, model, optimizer_state)
     steps = epochs * len(_loader(dataset, config, 0, True))
     kind = schedule or ("constant" if config.schedule == "constant" else "cosine")
     if kind not in ("onecycle", "cosine", "constant"):
@@ -465,6 +508,9 @@ def train_epochs(
                 progress,
             )
         )
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update(optimizer_arrays(optimizer, model))
     model.eval()
     return history
 

@@ -187,6 +187,23 @@ def test_train_epochs_is_reproducible_and_proximal_pulls_to_global(
     assert distance(prox) < distance(a)
 
 
+def test_kept_optimizer_moments_carry_over_between_calls(samples: list[LesionSample]) -> None:
+    def steps(moments: dict[str, np.ndarray]) -> set[float]:
+        return {float(v) for k, v in moments.items() if k.endswith("/step")}
+
+    torch.manual_seed(0)
+    model = build_model(FAST)
+    moments: dict[str, np.ndarray] = {}
+    train_epochs(model, samples[:16], FAST, 1, progress=False, optimizer_state=moments)
+    assert steps(moments) == {2.0}  # 16 samples, batch 8: every parameter took 2 steps
+    assert all(np.isfinite(v).all() for v in moments.values())
+    train_epochs(model, samples[:16], FAST, 1, progress=False, optimizer_state=moments)
+    assert steps(moments) == {4.0}  # continued, not restarted
+    foreign = {"not-a-parameter/exp_avg": np.zeros(1)}
+    train_epochs(model, samples[:16], FAST, 1, progress=False, optimizer_state=foreign)
+    assert steps(foreign) == {2.0}  # moments that do not fit are ignored
+
+
 def test_time_budget_ends_training_early(samples: list[LesionSample]) -> None:
     config = TrainConfig(**{**FAST.__dict__, "epochs": 50, "max_minutes": 1e-4})
     result = train_model(samples[:16], samples[16:20], config, progress=False)
