@@ -143,6 +143,12 @@ def _kept_moments(context: Context) -> dict[str, np.ndarray]:
     return from_record(record) if record is not None else {}
 
 
+def _steps_taken(moments: dict[str, np.ndarray] | None) -> float:
+    """Local optimiser steps so far this cycle (grows across rounds when moments are kept)."""
+    steps = [float(v) for k, v in (moments or {}).items() if k.endswith("/step")]
+    return max(steps, default=0.0)
+
+
 def _site_record(settings: NodeSettings, site: SiteData) -> ConfigRecord:
     return ConfigRecord(
         {
@@ -219,6 +225,7 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
             "new-cases": site.new_cases,
             "rehearsal-cases": site.rehearsal_cases,
             "train-seconds": time.perf_counter() - start,
+            "optimizer-steps": _steps_taken(moments),
         }
     )
     content = RecordDict(

@@ -49,6 +49,7 @@ TRAIN_METRIC_KEYS = frozenset(
         "new-cases",
         "rehearsal-cases",
         "train-seconds",
+        "optimizer-steps",
     }
 )
 EVALUATE_METRIC_KEYS = frozenset({WEIGHT, "val-auc", "val-dice"})

@@ -132,7 +132,9 @@ def package_bundle(
         temperature, calibration_note = fit_temperature(logits, y), "temperature fit on validation"
     except CalibrationError as e:  # no signal yet (e.g. a first round): ship uncalibrated, say so
         temperature, calibration_note = 1.0, f"uncalibrated (T=1): {e}"
-    points = choose_operating_points(y, 1.0 / (1.0 + np.exp(-logits / temperature)))
+    points = choose_operating_points(
+        y, 1.0 / (1.0 + np.exp(-logits / temperature)), margin=config.operating_margin
+    )
     sources, candidates = evaluation.choose_descriptor_sources(val, outputs)
     validation = evaluation.score(
         val, outputs, temperature=temperature, points=points, sources=sources

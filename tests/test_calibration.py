@@ -107,6 +107,19 @@ def test_operating_points_meet_their_constraints_on_validation() -> None:
         )
 
 
+def test_a_margin_raises_both_validation_targets() -> None:
+    y, p = _validation()
+    plain = C.choose_operating_points(y, p)
+    safe = C.choose_operating_points(y, p, margin=0.03)
+    assert safe.point("high-sensitivity").sensitivity >= C.TARGET_SENSITIVITY + 0.03
+    assert safe.point("high-specificity").specificity >= C.TARGET_SPECIFICITY + 0.03
+    assert safe.point("high-sensitivity").threshold <= plain.point("high-sensitivity").threshold
+    assert safe.point("high-specificity").threshold >= plain.point("high-specificity").threshold
+    assert safe.point("high-accuracy") == plain.point("high-accuracy")
+    with pytest.raises(CalibrationError, match="margin"):
+        C.choose_operating_points(y, p, margin=0.2)
+
+
 def test_operating_points_round_trip_through_bundle_metadata() -> None:
     points = C.choose_operating_points(*_validation())
     data = json.loads(json.dumps(points.to_dict()))

@@ -50,6 +50,10 @@ def test_every_round_is_scored_on_the_locked_set_and_checkpointed(clean_run) -> 
         assert row["dropped"] == [] and row["failed"] == []
         assert row["client_train"]["clients"] == 3
         assert row["client_evaluate"]["clients"] == 3
+    # each hospital kept its optimiser moments from round 1 (context.state), so its step count
+    # went on growing instead of restarting
+    steps = [row["client_train"]["optimizer-steps"] for row in history[1:]]
+    assert steps[0] > 0 and steps[1] == pytest.approx(2 * steps[0])
     latest = CheckpointStore(clean_run.run_dir / "checkpoints").latest()
     assert latest is not None and latest.round == ROUNDS
     assert [r["round"] for r in latest.history] == list(range(ROUNDS + 1))
