@@ -145,7 +145,7 @@ def _kept_moments(context: Context) -> dict[str, np.ndarray]:
 
 def _steps_taken(moments: dict[str, np.ndarray] | None) -> float:
     """Local optimiser steps so far this cycle (grows across rounds when moments are kept)."""
-    steps = [float(v) for k, v in (moments or {}).items() if k.endswith("/step")]
+    steps = [float(np.ravel(v)[0]) for k, v in (moments or {}).items() if k.endswith("/step")]
     return max(steps, default=0.0)
 
 

@@ -432,7 +432,7 @@ def load_optimizer_arrays(
         restored[parameter] = {k: torch.as_tensor(np.array(v)) for k, v in values.items()}
     for parameter, state in restored.items():
         optimizer.state[parameter] = {
-            "step": state["step"].float(),
+            "step": state["step"].float().reshape(()),  # a record may hold it as shape (1,)
             "exp_avg": state["exp_avg"].to(parameter.dtype),
             "exp_avg_sq": state["exp_avg_sq"].to(parameter.dtype),
         }
