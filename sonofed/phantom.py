@@ -14,7 +14,12 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         folders = generate_sites(
-            args.out, sites=args.sites, cases=args.cases, seed=args.seed, progress=not args.quiet
+            args.out,
+            sites=args.sites,
+            cases=args.cases,
+            seed=args.seed,
+            sharpness=args.sharpness,
+            progress=not args.quiet,
         )
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -34,5 +39,12 @@ def register(roles: argparse._SubParsersAction) -> None:
     parser.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     parser.add_argument("--cases", type=int, default=60, help="cases per site (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--sharpness",
+        type=float,
+        default=1.0,
+        help="multiplier of the malignancy log-odds: 1 (default) keeps the BI-RADS lexicon's "
+        "positive predictive values; above 1 pathology follows the visible terms more closely",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run)

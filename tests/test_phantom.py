@@ -154,6 +154,24 @@ def test_site_folder_holds_images_masks_and_csv(tmp_path: Path) -> None:
         assert len({r["image"] for r in same}) == count
 
 
+def test_sharpness_makes_pathology_follow_the_lexicon_more_closely() -> None:
+    """Sharper log-odds: the same terms, fewer benign-looking cancers (higher AUC ceiling)."""
+    from sklearn.metrics import roc_auc_score
+
+    def ceiling(sharpness: float) -> tuple[float, float]:
+        rng = np.random.default_rng(5)
+        drawn = [sample_lesion(rng, sharpness) for _ in range(3000)]
+        y = [s.pathology is Pathology.MALIGNANT for s in drawn]
+        return roc_auc_score(y, [s.p_malignant for s in drawn]), float(np.mean(y))
+
+    (plain_auc, plain_share), (sharp_auc, sharp_share) = ceiling(1.0), ceiling(1.5)
+    assert 0.93 < plain_auc < 0.96 and sharp_auc > plain_auc + 0.015
+    assert abs(sharp_share - plain_share) < 0.05  # about a third malignant either way
+    worst = _descriptors(Shape.IRREGULAR, Orientation.NOT_PARALLEL, (Margin.SPICULATED,))
+    assert malignancy_probability(worst, 1.5) > malignancy_probability(worst)
+    assert malignancy_probability(_descriptors(), 1.5) < malignancy_probability(_descriptors())
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -161,6 +179,10 @@ def test_site_folder_holds_images_masks_and_csv(tmp_path: Path) -> None:
         (lambda out: generate_sites(out, sites=27, cases=1, seed=0), "sites must be 1..26"),
         (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be at least 1"),
         (lambda out: generate_sites(out, sites=1, cases=1, seed=-1), "seed must be"),
+        (
+            lambda out: generate_sites(out, sites=1, cases=1, seed=0, sharpness=0.0),
+            "sharpness must lie",
+        ),
         (lambda out: generate_site(out, site_index=26, cases=1, seed=0), "site_index must be"),
     ],
 )
