@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from data_registry.schema import Descriptors, Margin
-from models._analysis_errors import MaskError
 from models.bundle import MODEL_FILE, BundleMetadata, load_metadata
 from models.calibration import Mode, OperatingPoints, birads_for
 from models.descriptors import describe
+from models.exceptions import MaskError
 from models.inference import LesionOutput, OnnxLesionModel
 
 MARGIN_TERMS = tuple(m.value for m in Margin if m is not Margin.CIRCUMSCRIBED)

@@ -25,7 +25,7 @@ from scipy.special import log_expit, log_softmax
 from sklearn.metrics import roc_curve
 
 from data_registry.schema import BiRads
-from models._analysis_errors import CalibrationError
+from models.exceptions import CalibrationError
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 """Temperatures searched by :func:`fit_temperature` (a wider range means a broken model)."""

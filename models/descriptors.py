@@ -36,7 +36,7 @@ from data_registry.schema import (
     PosteriorFeatures,
     Shape,
 )
-from models._analysis_errors import MaskError
+from models.exceptions import MaskError
 
 # --- geometry of the analysis -------------------------------------------------------------------
 CONTOUR_POINTS = 128

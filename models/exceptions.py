@@ -33,3 +33,28 @@ class InferenceError(ModelError):
 
 class InferenceInputError(InferenceError):
     """The image or seed given to the analyser is unusable (dtype, shape, seed outside)."""
+
+
+# --- the analysis side: descriptors, metrics, calibration, reports --------------------------
+
+
+class AnalysisError(ModelError, ValueError):
+    """Base of the errors of descriptors, metrics, calibration and reports (each also a
+    ``ValueError``: every one of them means an argument was unusable)."""
+
+
+class MaskError(AnalysisError):
+    """A lesion mask cannot be analysed (empty, too small, shape differs from the image)."""
+
+
+class MetricInputError(AnalysisError):
+    """Labels, scores or settings given to a metric are unusable (lengths, values, ranges)."""
+
+
+class CalibrationError(AnalysisError):
+    """A calibration or operating-point input is unusable (one class only, bad probability,
+    unknown mode, malformed bundle metadata)."""
+
+
+class ReportError(AnalysisError):
+    """A report's inputs are inconsistent or incomplete (missing keys, mask not matching)."""

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from data_registry.schema import Margin
-from models._analysis_errors import MetricInputError
+from models.exceptions import MetricInputError
 
 N_BOOTSTRAP = 1000
 """Default number of bootstrap resamples."""

@@ -19,7 +19,6 @@ import torch
 
 from data_registry import LockedTestSet
 from models import evaluation
-from models._analysis_errors import CalibrationError
 from models.bundle import (
     MODEL_FILE,
     WEIGHTS_FILE,
@@ -30,6 +29,7 @@ from models.bundle import (
 )
 from models.calibration import BIRADS_BANDS, choose_operating_points, fit_temperature
 from models.data import LesionSample
+from models.exceptions import CalibrationError
 from models.export import export_onnx
 from models.geometry import RoiSpec
 from models.inference import OnnxLesionModel

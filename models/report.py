@@ -32,8 +32,8 @@ from sklearn.metrics import roc_curve
 
 from data_registry.schema import BiRads, Descriptors, Pseudonym, SeedPoint
 from models import metrics
-from models._analysis_errors import ReportError
 from models.calibration import Mode, OperatingPoints
+from models.exceptions import ReportError
 
 INTENDED_USE = (
     "Research software, not a medical device. The suggestion supports and never replaces "

@@ -9,7 +9,7 @@ import pytest
 
 from data_registry.schema import BiRads
 from models import calibration as C
-from models._analysis_errors import CalibrationError
+from models.exceptions import CalibrationError
 from models.metrics import threshold_metrics
 
 

@@ -20,7 +20,7 @@ from data_registry.schema import (
     Shape,
 )
 from models import descriptors as D
-from models._analysis_errors import MaskError
+from models.exceptions import MaskError
 from models.metrics import descriptor_agreement, margin_agreement
 
 SIZE = 256

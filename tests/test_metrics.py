@@ -10,7 +10,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from data_registry.schema import Margin
 from models import metrics as M
-from models._analysis_errors import MetricInputError
+from models.exceptions import MetricInputError
 
 
 def _cases(n: int, separation: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,9 @@ from skimage.draw import ellipse
 
 from data_registry.schema import SeedPoint
 from models import report as R
-from models._analysis_errors import ReportError
 from models.calibration import choose_operating_points
 from models.descriptors import describe
+from models.exceptions import ReportError
 
 LESION_KEYS = {
     "case_id",
