@@ -18,9 +18,7 @@ import yaml
 from flwr.app import Array, ArrayRecord
 
 from federation.exceptions import FederationConfigError
-from models.geometry import RoiSpec
 from models.network import LesionNet
-from models.roi import RoiAugmentation
 from models.train import TrainConfig, build_model, load_state_numpy, state_to_numpy
 
 __all__ = [
@@ -124,17 +122,7 @@ def train_config_from_params(params: Path | None, **overrides: Any) -> TrainConf
     if params is not None and Path(params).is_file():
         block = dict((yaml.safe_load(Path(params).read_text()) or {}).get("train") or {})
     block.update({k: v for k, v in overrides.items() if v is not None})
-    spec = block.pop("spec", None)
-    augmentation = block.pop("augmentation", None)
     try:
-        config = load_train_config(None, **block)
-        if isinstance(spec, Mapping):
-            spec = RoiSpec.from_json(json.dumps({**json.loads(RoiSpec().to_json()), **spec}))
-        if isinstance(augmentation, Mapping):
-            augmentation = RoiAugmentation(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in augmentation.items()}
-            )
-        changes = {"spec": spec, "augmentation": augmentation}
-        return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+        return load_train_config(None, **block)
     except Exception as e:  # ConfigError, TypeError from a malformed block
         raise FederationConfigError(f"{params}: train block is not a valid recipe ({e})") from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,17 @@ import yaml
 from data_registry import LockedTestSet, Registry
 from models.bundle import BundleMetadata
 from models.exceptions import ConfigError
+from models.geometry import RoiSpec
 from models.packaging import data_summary, package_bundle
+from models.roi import RoiAugmentation
 from models.samples import samples_from_registries, split_by_group
 from models.train import TrainConfig, train_model
 
 
 def load_train_config(params: Path | None, **overrides: Any) -> TrainConfig:
     """``TrainConfig`` from the ``train`` block of ``params.yaml`` plus explicit overrides.
+
+    ``spec`` and ``augmentation`` may be nested mappings holding only the keys to change.
 
     Raises:
         ConfigError: an unknown key in the block.
@@ -27,6 +32,14 @@ def load_train_config(params: Path | None, **overrides: Any) -> TrainConfig:
     if params is not None and Path(params).is_file():
         values = dict((yaml.safe_load(Path(params).read_text()) or {}).get("train") or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("spec"), Mapping):
+        values["spec"] = RoiSpec.from_json(
+            json.dumps({**json.loads(RoiSpec().to_json()), **values["spec"]})
+        )
+    if isinstance(values.get("augmentation"), Mapping):
+        values["augmentation"] = RoiAugmentation(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in values["augmentation"].items()}
+        )
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
