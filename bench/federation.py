@@ -270,13 +270,14 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     plan = ServerPlan(
         config, RunPaths(run_dir, locked), len(registries), recipe=recipe, restart=True
     )
-    # Without Flower first: the same clients' work in a 2-process pool (Ray runs 2 workers).
+    # Without Flower first: the same clients' work in one process per site, all at once, as the
+    # simulation runs them (the sites share the CPUs when they outnumber them).
     global_npz = args.work / "overhead-global.npz"
     np.savez(global_npz, **exchanged_state(build_model(recipe)))
     jobs = [(str(r), encode_train_config(recipe), str(global_npz), 1, 0) for r in registries]
     baseline = []
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter, like a Ray worker
-    with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
+    with ProcessPoolExecutor(max_workers=len(registries), mp_context=spawn) as pool:
         for _ in range(rounds):
             t0 = time.perf_counter()
             client_seconds = list(pool.map(_local_round, jobs))
@@ -305,7 +306,7 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
         "warm_flower_round": round(warm_flower, 2),
         "warm_plain_round": round(warm_plain, 2),
         "overhead_fraction": round(warm_flower / warm_plain - 1.0, 4),
-        "note": "round = send weights, 3 local trainings (1 epoch) + local validation on 2 workers, "
+        "note": "round = send weights, 3 local trainings (1 epoch, all at once) + local validation, "
         "receive, screen, aggregate; locked-test scoring excluded on both sides; first round "
         "(Ray start, data load) excluded from the warm means",
     }
