@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from flwr.app import Array, ArrayRecord
 
 from federation.exceptions import FederationConfigError
@@ -118,11 +117,7 @@ def train_config_from_params(params: Path | None, **overrides: Any) -> TrainConf
     """
     from models.central import load_train_config
 
-    block: dict[str, Any] = {}
-    if params is not None and Path(params).is_file():
-        block = dict((yaml.safe_load(Path(params).read_text()) or {}).get("train") or {})
-    block.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return load_train_config(None, **block)
+        return load_train_config(params, **overrides)
     except Exception as e:  # ConfigError, TypeError from a malformed block
         raise FederationConfigError(f"{params}: train block is not a valid recipe ({e})") from e

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,7 @@ import yaml
 from data_registry import LockedTestSet, Registry
 from models.bundle import BundleMetadata
 from models.exceptions import ConfigError
-from models.geometry import RoiSpec
-from models.packaging import data_summary, package_bundle
-from models.roi import RoiAugmentation
+from models.packaging import config_from_dict, data_summary, package_bundle
 from models.samples import samples_from_registries, split_by_group
 from models.train import TrainConfig, train_model
 
@@ -32,24 +29,16 @@ def load_train_config(params: Path | None, **overrides: Any) -> TrainConfig:
     if params is not None and Path(params).is_file():
         values = dict((yaml.safe_load(Path(params).read_text()) or {}).get("train") or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(values.get("spec"), Mapping):
-        values["spec"] = RoiSpec.from_json(
-            json.dumps({**json.loads(RoiSpec().to_json()), **values["spec"]})
-        )
-    if isinstance(values.get("augmentation"), Mapping):
-        values["augmentation"] = RoiAugmentation(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in values["augmentation"].items()}
-        )
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(known))
+    defaults = dataclasses.asdict(TrainConfig())
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise ConfigError(
-            f"train: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            f"train: unknown setting(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
         )
-    for key in ("features", "subunits"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return TrainConfig(**values)
+    for nested in ("spec", "augmentation"):
+        if isinstance(values.get(nested), Mapping):
+            values[nested] = {**defaults[nested], **values[nested]}
+    return config_from_dict({**defaults, **values})
 
 
 def registry_versions(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
