@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax
+from scipy.stats import binom
 from sklearn.metrics import roc_curve
 
 from data_registry.schema import BiRads
@@ -249,62 +250,96 @@ class OperatingPoints(BaseModel):
             raise CalibrationError(f"malformed operating points: {e}") from e
 
 
+def tolerance_rank(n: int, rate: float, confidence: float) -> int:
+    """How many of ``n`` validation cases a threshold may put on the wrong side, plus one.
+
+    Distribution-free tolerance bound (order statistics, Wilks 1941): a threshold at the
+    ``r``-th lowest malignant score leaves below it a share of *all* malignant lesions that is
+    Beta(r, n - r + 1) distributed, so it keeps a sensitivity of at least ``rate`` with
+    probability ``P(Binomial(n, 1 - rate) >= r)``. This returns the largest ``r`` whose
+    probability reaches ``confidence``, or 1 (the most cautious threshold the cases support)
+    when none does. The same holds for specificity with the benign scores from the top.
+
+    Args:
+        n: validation cases of the class the rate is about.
+        rate: the declared rate (e.g. sensitivity 0.95).
+        confidence: the wanted probability that new patients see at least that rate.
+
+    Returns:
+        ``r`` in ``1..n``.
+    """
+    ranks = np.arange(1, n + 1)
+    holds = binom.sf(ranks - 1, n, 1.0 - rate) >= confidence  # P(Bin >= r), falls with r
+    return int(ranks[holds][-1]) if holds.any() else 1
+
+
 def choose_operating_points(
-    y_true: ArrayLike, prob: ArrayLike, *, margin: float = 0.0
+    y_true: ArrayLike, prob: ArrayLike, *, confidence: float | None = None
 ) -> OperatingPoints:
     """Thresholds of the three modes, chosen on validation cases.
 
-    Candidate thresholds are the validation probabilities themselves.
-
-    - high-sensitivity: the highest threshold whose sensitivity is ≥ :data:`TARGET_SENSITIVITY`
-      + ``margin``;
-    - high-specificity: the lowest threshold whose specificity is ≥ :data:`TARGET_SPECIFICITY`
-      + ``margin``;
+    - high-sensitivity: without ``confidence``, the highest validation probability whose
+      validation sensitivity is ≥ :data:`TARGET_SENSITIVITY`; with it, the malignant score of
+      rank :func:`tolerance_rank` from the bottom, so that new patients keep that sensitivity
+      with probability ``confidence``;
+    - high-specificity: likewise for :data:`TARGET_SPECIFICITY`, from the benign scores at the
+      top (the threshold lies just above the benign score of that rank);
     - high-accuracy: the threshold of maximum balanced accuracy (among ties, the lowest, i.e.
       the most sensitive).
+
+    A threshold set exactly at the target on validation keeps it on new patients only about half
+    the time (with 50 malignant validation lesions, sensitivity is measured to about ±0.03);
+    ``confidence`` buys that back by the amount the validation set's size calls for.
 
     Args:
         y_true: validation labels, 0 or 1.
         prob: calibrated validation probabilities of malignancy.
-        margin: added to both targets. A threshold set exactly at the target on validation
-            keeps it on new patients only about half the time (with 50 malignant validation
-            lesions, sensitivity is measured to about ±0.03); the margin buys that back.
+        confidence: probability in (0, 1) that the high-sensitivity and high-specificity
+            thresholds keep their declared rates on new patients (None: point estimates).
 
     Returns:
         The three operating points with the sensitivity and specificity each reached.
 
     Raises:
-        CalibrationError: labels not 0/1, one class only, lengths differ, or probabilities
-            outside [0, 1]. When benign cases tie at the highest probability, high-specificity
-            falls back to a threshold above every probability (specificity 1, sensitivity 0).
+        CalibrationError: labels not 0/1, one class only, lengths differ, probabilities
+            outside [0, 1], or a confidence outside (0, 1). When benign cases tie at the highest
+            probability, high-specificity falls back to a threshold above every probability
+            (specificity 1, sensitivity 0).
     """
     y, p = _validation_set(y_true, prob)
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise CalibrationError(f"confidence must lie in (0, 1), got {confidence}")
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thresholds)  # roc_curve puts +inf first (nothing called malignant)
     thresholds, sens, spec = thresholds[finite], tpr[finite], 1.0 - fpr[finite]
+    malignant, benign = np.sort(p[y == 1]), np.sort(p[y == 0])[::-1]
 
-    def point(i: int) -> OperatingPoint:
+    def at(threshold: float) -> OperatingPoint:
         return OperatingPoint(
-            threshold=float(thresholds[i]),
-            sensitivity=float(sens[i]),
-            specificity=float(spec[i]),
+            threshold=threshold,
+            sensitivity=float(np.mean(malignant >= threshold)),
+            specificity=float(np.mean(benign < threshold)),
         )
 
     # thresholds decrease along the curve: the first index meeting a target is the highest.
-    if not 0.0 <= margin < 0.05:
-        raise CalibrationError(f"margin must lie in [0, 0.05), got {margin}")
-    meets_sens = np.flatnonzero(sens >= TARGET_SENSITIVITY + margin)
-    meets_spec = np.flatnonzero(spec >= TARGET_SPECIFICITY + margin)
-    if meets_spec.size:
-        high_specificity = point(int(meets_spec[-1]))
-    else:  # benign cases tie at the top: only "call nothing malignant" reaches the target
-        above_all = float(np.nextafter(p.max(), np.inf))
-        high_specificity = OperatingPoint(threshold=above_all, sensitivity=0.0, specificity=1.0)
+    if confidence is None:
+        high_sensitivity = at(float(thresholds[np.flatnonzero(sens >= TARGET_SENSITIVITY)[0]]))
+        meets_spec = np.flatnonzero(spec >= TARGET_SPECIFICITY)
+        spec_threshold = float(thresholds[meets_spec[-1]]) if meets_spec.size else None
+    else:
+        rank = tolerance_rank(malignant.size, TARGET_SENSITIVITY, confidence)
+        high_sensitivity = at(float(malignant[rank - 1]))
+        rank = tolerance_rank(benign.size, TARGET_SPECIFICITY, confidence)
+        above = benign[rank - 1]
+        spec_threshold = None if above >= 1.0 else float(np.nextafter(above, np.inf))
+    if spec_threshold is None:  # benign cases tie at the top: call nothing malignant
+        spec_threshold = float(min(1.0, np.nextafter(p.max(), np.inf)))
+    high_specificity = at(spec_threshold)
     balanced = (sens + spec) / 2
     best = np.flatnonzero(balanced == balanced.max())[-1]
     return OperatingPoints(
-        high_sensitivity=point(int(meets_sens[0])),
-        high_accuracy=point(int(best)),
+        high_sensitivity=high_sensitivity,
+        high_accuracy=at(float(thresholds[best])),
         high_specificity=high_specificity,
     )
 

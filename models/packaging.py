@@ -43,6 +43,7 @@ from models.train import TrainConfig, build_model, load_state_numpy, state_to_nu
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` saved with ``dataclasses.asdict``."""
     values = dict(values)
+    values.pop("operating_margin", None)  # older bundles: thresholds by a fixed margin
     values["spec"] = RoiSpec.from_json(json.dumps(values["spec"]))
     values["augmentation"] = RoiAugmentation(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in values["augmentation"].items()}
@@ -133,7 +134,7 @@ def package_bundle(
     except CalibrationError as e:  # no signal yet (e.g. a first round): ship uncalibrated, say so
         temperature, calibration_note = 1.0, f"uncalibrated (T=1): {e}"
     points = choose_operating_points(
-        y, 1.0 / (1.0 + np.exp(-logits / temperature)), margin=config.operating_margin
+        y, 1.0 / (1.0 + np.exp(-logits / temperature)), confidence=config.operating_confidence
     )
     sources, candidates = evaluation.choose_descriptor_sources(val, outputs)
     validation = evaluation.score(

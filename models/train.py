@@ -73,9 +73,10 @@ class TrainConfig:
         channels_last: train in channels-last memory format (faster convolutions on CPU).
         ema_decay: per-step decay of an exponential moving average of the weights that is
             validated and kept instead of the raw weights (0 disables; central training only).
-        operating_margin: how far above the declared rates (sensitivity 0.95, specificity
-            0.90) the high-sensitivity and high-specificity thresholds are chosen on validation,
-            so that they keep those rates on new patients.
+        operating_confidence: probability that the high-sensitivity and high-specificity
+            thresholds, chosen on validation, keep their declared rates (sensitivity 0.95,
+            specificity 0.90) on new patients (distribution-free tolerance bounds,
+            :func:`models.calibration.choose_operating_points`; None: point estimates).
     """
 
     epochs: int = 30
@@ -104,7 +105,7 @@ class TrainConfig:
     max_minutes: float | None = None
     channels_last: bool = True
     ema_decay: float = 0.0
-    operating_margin: float = 0.03
+    operating_confidence: float | None = 0.95
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.num_threads < 1:
@@ -115,9 +116,9 @@ class TrainConfig:
             raise ConfigError(f"unknown monitor {self.monitor!r}")
         if self.proximal_mu < 0 or self.weight_decay < 0 or self.patience < 1:
             raise ConfigError("proximal_mu and weight_decay >= 0, patience >= 1")
-        if not 0 <= self.operating_margin < 0.05:
+        if self.operating_confidence is not None and not 0 < self.operating_confidence < 1:
             raise ConfigError(
-                f"operating_margin must lie in [0, 0.05), got {self.operating_margin}"
+                f"operating_confidence must lie in (0, 1), got {self.operating_confidence}"
             )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")

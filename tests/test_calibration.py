@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import beta, norm
 
 from data_registry.schema import BiRads
 from models import calibration as C
@@ -107,17 +108,63 @@ def test_operating_points_meet_their_constraints_on_validation() -> None:
         )
 
 
-def test_a_margin_raises_both_validation_targets() -> None:
-    y, p = _validation()
+@pytest.mark.parametrize(("n", "rate"), [(30, 0.95), (59, 0.95), (85, 0.95), (400, 0.9)])
+def test_tolerance_rank_is_the_largest_order_statistic_with_the_wanted_coverage(
+    n: int, rate: float
+) -> None:
+    # the share of the class below the r-th lowest score is Beta(r, n - r + 1) distributed
+    coverage = beta.cdf(1.0 - rate, np.arange(1, n + 1), n - np.arange(1, n + 1) + 1)
+    rank = C.tolerance_rank(n, rate, 0.95)
+    if coverage[0] < 0.95:  # too few cases for the guarantee: the most cautious threshold
+        assert rank == 1
+    else:
+        assert coverage[rank - 1] >= 0.95 > coverage[rank]
+
+
+def _draw_validation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """60 malignant and 120 benign calibrated probabilities from known score distributions."""
+    scores = np.concatenate([rng.normal(1.5, 1.0, 60), rng.normal(-1.5, 1.0, 120)])
+    return np.repeat([1, 0], [60, 120]), 1 / (1 + np.exp(-scores))
+
+
+def _new_patient_rates(threshold: float) -> tuple[float, float]:
+    """True sensitivity and specificity of a threshold under the drawing distributions."""
+    logit = np.log(threshold / (1 - threshold))
+    return float(norm.sf(logit, 1.5, 1.0)), float(norm.cdf(logit, -1.5, 1.0))
+
+
+def test_confident_thresholds_keep_the_declared_rates_on_new_patients() -> None:
+    rng = np.random.default_rng(3)
+    kept = {None: np.zeros(2), 0.9: np.zeros(2)}
+    draws = 400
+    for _ in range(draws):
+        y, p = _draw_validation(rng)
+        for confidence in kept:
+            points = C.choose_operating_points(y, p, confidence=confidence)
+            sens, _ = _new_patient_rates(points.point("high-sensitivity").threshold)
+            _, spec = _new_patient_rates(points.point("high-specificity").threshold)
+            kept[confidence] += (sens >= C.TARGET_SENSITIVITY, spec >= C.TARGET_SPECIFICITY)
+    # point estimates keep the rates about half the time; the tolerance bounds as promised
+    # (60 malignant cases cannot give 90 % confidence at sensitivity 0.95: the lowest
+    # malignant score is used, which keeps it with probability 1 - 0.95**60 = 0.954)
+    assert np.all(kept[None] / draws < 0.75)
+    assert np.all(kept[0.9] / draws >= 0.87)
+
+
+def test_confident_thresholds_sit_at_the_order_statistic_of_their_rank() -> None:
+    y, p = _draw_validation(np.random.default_rng(0))
+    points = C.choose_operating_points(y, p, confidence=0.95)
+    malignant, benign = np.sort(p[y == 1]), np.sort(p[y == 0])[::-1]
+    assert points.point("high-sensitivity").threshold == malignant[0]  # n = 60: rank 1
+    assert points.point("high-sensitivity").sensitivity == 1.0
+    rank = C.tolerance_rank(120, C.TARGET_SPECIFICITY, 0.95)
+    spec = points.point("high-specificity")
+    assert benign[rank - 1] < spec.threshold <= benign[rank - 2]
+    assert spec.specificity == pytest.approx(1 - (rank - 1) / 120)
     plain = C.choose_operating_points(y, p)
-    safe = C.choose_operating_points(y, p, margin=0.03)
-    assert safe.point("high-sensitivity").sensitivity >= C.TARGET_SENSITIVITY + 0.03
-    assert safe.point("high-specificity").specificity >= C.TARGET_SPECIFICITY + 0.03
-    assert safe.point("high-sensitivity").threshold <= plain.point("high-sensitivity").threshold
-    assert safe.point("high-specificity").threshold >= plain.point("high-specificity").threshold
-    assert safe.point("high-accuracy") == plain.point("high-accuracy")
-    with pytest.raises(CalibrationError, match="margin"):
-        C.choose_operating_points(y, p, margin=0.2)
+    assert points.point("high-accuracy") == plain.point("high-accuracy")
+    with pytest.raises(CalibrationError, match="confidence"):
+        C.choose_operating_points(y, p, confidence=1.0)
 
 
 def test_operating_points_round_trip_through_bundle_metadata() -> None:
