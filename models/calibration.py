@@ -251,7 +251,7 @@ class OperatingPoints(BaseModel):
 
 
 def tolerance_rank(n: int, rate: float, confidence: float) -> int:
-    """How many of ``n`` validation cases a threshold may put on the wrong side, plus one.
+    """Rank of the validation score at which a threshold keeps a rate with a given confidence.
 
     Distribution-free tolerance bound (order statistics, Wilks 1941): a threshold at the
     ``r``-th lowest malignant score leaves below it a share of *all* malignant lesions that is
