@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,7 @@ from models.exceptions import ConfigError, DataError, StateDictError
 from models.geometry import RoiSpec
 from models.losses import LesionLoss, malignancy_loss, masked_cross_entropy, proximal_term
 from models.network import LesionNet, descriptor_output, weights_mb
+from models.packaging import config_from_dict
 from models.train import (
     TrainConfig,
     build_model,
@@ -66,6 +70,16 @@ def test_network_rejects_bad_settings() -> None:
         LesionNet(2, 3, 1, descriptor_classes={"shape": 1})
     with pytest.raises(ConfigError):
         TrainConfig(features=(8, 16, 32, 64, 128, 256, 512), spec=RoiSpec(crop_size=96))
+    with pytest.raises(ConfigError, match="operating_confidence"):
+        TrainConfig(operating_confidence=1.0)
+
+
+def test_configs_saved_by_older_bundles_still_load() -> None:
+    saved = dataclasses.asdict(TrainConfig(epochs=7))
+    saved.pop("operating_confidence")
+    saved["operating_margin"] = 0.03  # thresholds used to be chosen with a fixed margin
+    config = config_from_dict(json.loads(json.dumps(saved)))
+    assert config == TrainConfig(epochs=7)
 
 
 def test_descriptor_vocabularies_follow_the_schema() -> None:
