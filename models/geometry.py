@@ -372,4 +372,9 @@ def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True
         nearest = int(np.argmin((xs - px) ** 2 + (ys - py) ** 2))
         keep = labels[ys[nearest], xs[nearest]]
     out = labels == keep
-    return ndimage.binary_fill_holes(out) if fill else out
+    if fill:  # holes lie inside the component's bounding box: fill there (framed by a pixel)
+        rows, cols = ndimage.find_objects(out.astype(np.int8))[0]
+        rows = slice(max(rows.start - 1, 0), min(rows.stop + 1, h))
+        cols = slice(max(cols.start - 1, 0), min(cols.stop + 1, w))
+        out[rows, cols] = ndimage.binary_fill_holes(out[rows, cols])
+    return out

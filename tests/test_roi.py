@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from models import geometry, roi
 from models.data import LesionDataset, synthetic_lesions
@@ -161,6 +162,19 @@ def test_extent_and_component_helpers() -> None:
     mat = geometry.crop_matrix((6, 7), 10.0, 20)
     crop = geometry.crop(comp.astype(np.float32), mat, 20) > 0.5
     assert geometry.extent_in_image(crop, mat, (6, 7)) == pytest.approx(2.5, abs=0.6)
+
+
+def test_the_kept_component_has_its_holes_filled_as_on_the_whole_image() -> None:
+    rng = np.random.default_rng(0)
+    with_holes = 0
+    for _ in range(50):  # speckled blobs with holes, some cut by the image border
+        mask = ndimage.gaussian_filter(rng.random((60, 80)), 2.0) > 0.5
+        seed = (int(rng.integers(80)), int(rng.integers(60)))
+        kept = geometry.select_component(mask, seed, fill=False)
+        expected = ndimage.binary_fill_holes(kept)
+        assert np.array_equal(geometry.select_component(mask, seed), expected)
+        with_holes += int((expected & ~kept).any())
+    assert with_holes >= 10  # the draws do exercise the filling
 
 
 def test_invalid_settings_raise() -> None:
