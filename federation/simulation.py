@@ -1,8 +1,8 @@
 """One-machine federation: the ServerApp and one ClientApp per site in Flower's simulation.
 
 The simulation runtime runs each hospital's ClientApp in a Ray worker process (one torch thread
-each, and one CPU, or an equal share when there are more hospitals than CPUs) and the ServerApp in a thread of this process, so a hospital that dies takes
-only its worker with it.
+each, and one CPU, or an equal share when there are more hospitals than CPUs) and the ServerApp
+in a thread of this process, so a hospital that dies takes only its worker with it.
 """
 
 from __future__ import annotations
