@@ -372,9 +372,7 @@ def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True
         nearest = int(np.argmin((xs - px) ** 2 + (ys - py) ** 2))
         keep = labels[ys[nearest], xs[nearest]]
     out = labels == keep
-    if fill:  # holes lie inside the component's bounding box: fill there (framed by a pixel)
-        rows, cols = ndimage.find_objects(out.astype(np.int8))[0]
-        rows = slice(max(rows.start - 1, 0), min(rows.stop + 1, h))
-        cols = slice(max(cols.start - 1, 0), min(cols.stop + 1, w))
-        out[rows, cols] = ndimage.binary_fill_holes(out[rows, cols])
+    if fill:  # a hole cannot reach its component's bounding box edge: fill inside the box only
+        box = ndimage.find_objects(labels, max_label=keep)[keep - 1]
+        out[box] = ndimage.binary_fill_holes(out[box])
     return out
