@@ -14,6 +14,7 @@ a reader (or a killed ingest) always sees one whole version.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections import Counter
@@ -177,47 +178,44 @@ def write_version(root: Path, state: VersionState) -> None:
 
 
 class IngestLock:
-    """One ingest at a time per registry; a lock left by a dead process is taken over."""
+    """One ingest at a time per registry: an exclusive ``flock`` on ``REGISTRY/.ingest.lock``.
+
+    The kernel holds the lock on the open descriptor and releases it when the process ends, so a
+    killed ingest never leaves a stale lock and there is no window in which two processes can both
+    believe they hold it. The file itself is never deleted (deleting a locked file would let a
+    third process lock a new file of the same name); it holds the holder's pid for messages.
+    """
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / ".ingest.lock"
+        self._fd: int | None = None
 
     def __enter__(self) -> IngestLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _alive(holder):
-                    raise RegistryStateError(
-                        f"{self.path.parent}: another ingest (pid {holder}) is running"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
-        raise RegistryStateError(f"{self.path}: could not take the ingest lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RegistryStateError(
+                f"{self.path.parent}: cannot write to the registry ({e.strerror})"
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RegistryStateError(
+                f"{self.path.parent}: another ingest (pid {holder}) is running"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def _holder(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip() or "0") or None
-        except (OSError, ValueError):
-            return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 def dumps_canonical(payload: object) -> str:
