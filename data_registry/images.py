@@ -133,6 +133,20 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of the new one.
 
@@ -142,6 +156,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if durable:
