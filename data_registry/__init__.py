@@ -7,6 +7,7 @@ from data_registry.exceptions import (
     ImageError,
     RegistryError,
     RegistryStateError,
+    SettingsError,
     SourceError,
     TestSetIntegrityError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryStateError",
+    "SettingsError",
     "SourceError",
     "SourceSpec",
     "TestSetIntegrityError",

@@ -20,6 +20,10 @@ class ImageError(RegistryError):
         self.detail = detail
 
 
+class SettingsError(RegistryError):
+    """A setting given by the user is invalid: a site id, a registry's settings file."""
+
+
 class RegistryStateError(RegistryError):
     """A registry directory is missing, of another site, or its files disagree with each other."""
 

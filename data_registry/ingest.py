@@ -29,7 +29,7 @@ from data_registry.registry import (
     dumps_canonical,
     write_version,
 )
-from data_registry.schema import Case
+from data_registry.schema import Case, check_site_id
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,10 @@ def ingest(
         The summary of the new version.
 
     Raises:
+        SettingsError: ``site_id`` is not a valid site id.
         RegistryStateError: the registry belongs to another site or is being ingested.
     """
+    check_site_id(site_id)
     registry_dir = Path(registry_dir)
     now = now or datetime.now(UTC)
     with IngestLock(registry_dir):

@@ -96,7 +96,7 @@ class Registry:
         head = self.root / "HEAD"
         if not head.is_file():
             raise RegistryStateError(f"{self.root}: not a registry (no HEAD file)")
-        self.version = int(head.read_text().strip()) if version is None else version
+        self.version = _read_head(head) if version is None else version
         self._state_path = self.root / "versions" / f"v{self.version:04d}.json"
         if not self._state_path.is_file():
             raise RegistryStateError(f"{self.root}: version {self.version} does not exist")
@@ -168,6 +168,17 @@ class Registry:
                 for s in self.history()
             ],
         }
+
+
+def _read_head(head: Path) -> int:
+    try:
+        text = head.read_text().strip()
+        version = int(text)
+    except (OSError, ValueError) as e:
+        raise RegistryStateError(f"{head}: expected a version number, e.g. 3 ({e})") from e
+    if version < 1:
+        raise RegistryStateError(f"{head}: expected a version number >= 1, got {version}")
+    return version
 
 
 def write_version(root: Path, state: VersionState) -> None:

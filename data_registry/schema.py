@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from data_registry.exceptions import SettingsError
+
 _PSEUDONYM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 @._/+()-]{0,79}$")
@@ -34,6 +36,18 @@ def _check_site_id(value: str) -> str:
             f"expected a lowercase site id like 'site-a' (a-z, 0-9, '-'); got {value!r}"
         )
     return value
+
+
+def check_site_id(value: str) -> str:
+    """Validate a site id before anything is read.
+
+    Raises:
+        SettingsError: not a lowercase site id.
+    """
+    try:
+        return _check_site_id(value)
+    except ValueError as e:
+        raise SettingsError(f"--site-id: {e}") from None
 
 
 def _check_device(value: str) -> str:

@@ -208,17 +208,70 @@ def _write_case(out: Path, site_id: str, admitted: Admitted) -> dict[str, object
     return record
 
 
+RECORD_FIELDS = (
+    "case_id",
+    "patient_id",
+    "site_id",
+    "pathology",
+    "label",
+    "reference_standard",
+    "birads",
+    "device",
+    "descriptors",
+    "seed",
+    "image",
+    "image_sha256",
+    "mask",
+    "mask_sha256",
+    "record_sha256",
+)
+
+
+def _check_layout(path: Path, manifest: object) -> None:
+    """The manifest's shape, so that a damaged one is a one-line error, never a KeyError."""
+    if not isinstance(manifest, dict):
+        raise TestSetIntegrityError(
+            f"{path}: expected a JSON object with 'cases', got a {type(manifest).__name__}"
+        )
+    cases = manifest.get("cases")
+    if not isinstance(cases, list):
+        raise TestSetIntegrityError(f"{path}: expected a list under 'cases', got {cases!r:.40}")
+    for index, record in enumerate(cases):
+        if not isinstance(record, dict):
+            raise TestSetIntegrityError(f"{path}: cases[{index}] is not a JSON object")
+        missing = [name for name in RECORD_FIELDS if name not in record]
+        if missing:
+            raise TestSetIntegrityError(
+                f"{path}: cases[{index}] ({record.get('case_id', '?')}) lacks {', '.join(missing)}"
+            )
+        for name in ("image", "mask"):
+            if not isinstance(record[name], str) or not _inside(record[name]):
+                raise TestSetIntegrityError(
+                    f"{path}: cases[{index}].{name}: expected a relative path inside the set, "
+                    f"got {record[name]!r}"
+                )
+
+
+def _inside(relative: str) -> bool:
+    parts = Path(relative).parts
+    return bool(parts) and not Path(relative).is_absolute() and ".." not in parts
+
+
 class LockedTestSet:
     """Read access to a locked set; every use should start with :meth:`verify`."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        path = self.root / "manifest.json"
         try:
-            self.manifest = json.loads((self.root / "manifest.json").read_text())
+            self.manifest = json.loads(path.read_text())
         except FileNotFoundError as e:
             raise TestSetIntegrityError(f"{self.root}: no manifest.json (not a locked set)") from e
-        except json.JSONDecodeError as e:
-            raise TestSetIntegrityError(f"{self.root}/manifest.json: not valid JSON ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TestSetIntegrityError(f"{path}: not valid JSON ({e})") from e
+        except OSError as e:
+            raise TestSetIntegrityError(f"{path}: cannot be read ({e.strerror})") from e
+        _check_layout(path, self.manifest)
 
     @property
     def cases(self) -> list[dict[str, object]]:

@@ -75,6 +75,8 @@ def load_metadata(bundle: Path) -> BundleMetadata:
         metadata = BundleMetadata.model_validate_json(path.read_bytes())
     except FileNotFoundError as e:
         raise BundleError(f"{bundle}: not a model bundle (no {METADATA_FILE})") from e
+    except OSError as e:  # a folder in its place, unreadable
+        raise BundleError(f"{path}: cannot be read as a file ({e.strerror})") from e
     except ValidationError as e:
         raise BundleError(f"{path}: invalid bundle metadata ({e.errors()[0]['loc']}: "
                           f"{e.errors()[0]['msg']})") from e  # fmt: skip

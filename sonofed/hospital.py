@@ -16,8 +16,11 @@ def _ingest(args: argparse.Namespace) -> int:
     from data_registry.exclusion import Exclusion
     from data_registry.importers import get_importer
     from data_registry.ingest import ingest
+    from data_registry.schema import check_site_id
     from data_registry.testset import site_id_for
 
+    if args.site_id is not None:
+        check_site_id(args.site_id)  # before a single file of the export is read
     if not args.path.is_dir():
         raise UserError(f"--path {args.path}: not a folder")
     importer = get_importer(args.source)

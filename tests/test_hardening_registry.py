@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from data_registry import Registry, ingest
+import pytest
+from PIL import Image
+
+from data_registry import (
+    LockedTestSet,
+    Registry,
+    SettingsError,
+    SourceSpec,
+    TestSetIntegrityError,
+    ingest,
+    lock_testset,
+)
 from data_registry.exceptions import RegistryStateError
 from data_registry.importers import get_importer
 from tests._exports import Export, disk_mask, textured_image
@@ -76,3 +92,121 @@ def test_registry_files_keep_the_umask_mode(tmp_path):
     files += sorted((tmp_path / "reg" / "images").glob("*.png"))
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sonofed.cli", *args],
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def _without_override() -> list[str]:
+    """A command prefix under which root too is bound by mode bits (no DAC override)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, "--bounding-set", caps, "--inh-caps", caps, "--"]
+
+
+def test_a_read_only_registry_is_a_one_line_error(tmp_path):
+    export = _small_export(tmp_path / "export", "c", 3, 0)
+    registry = tmp_path / "reg"
+    ingest(FOLDER(export), registry, site_id="site-t", source="t")
+    (registry / ".ingest.lock").unlink(missing_ok=True)  # as an older registry would lack it
+    for path in [registry, *registry.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        for lock in (False, True):  # without the lock file, then with a read-only one
+            if lock:
+                registry.chmod(0o755)
+                (registry / ".ingest.lock").write_text("")
+                (registry / ".ingest.lock").chmod(0o444)
+                registry.chmod(0o555)
+            result = subprocess.run(
+                [
+                    *_without_override(), sys.executable, "-m", "sonofed.cli", "hospital",
+                    "ingest", "--source", "folder", "--path", str(export), "--registry",
+                    str(registry), "--site-id", "site-t", "--quiet",
+                ],
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            _one_line_error(result, str(registry), "cannot write")
+    finally:
+        for path in [registry, *registry.rglob("*")]:
+            path.chmod(0o755)
+
+
+def test_a_garbage_head_is_a_one_line_error(tmp_path):
+    export = _small_export(tmp_path / "export", "c", 2, 0)
+    ingest(FOLDER(export), tmp_path / "reg", site_id="site-t", source="t")
+    (tmp_path / "reg" / "HEAD").write_bytes(b"\x00\xffgarbage\n")
+    _one_line_error(_cli("hospital", "status", "--registry", str(tmp_path / "reg")), "HEAD")
+    (tmp_path / "reg" / "HEAD").write_text("banana\n")
+    _one_line_error(_cli("hospital", "status", "--registry", str(tmp_path / "reg")), "HEAD")
+    with pytest.raises(RegistryStateError, match="HEAD"):
+        Registry(tmp_path / "reg")
+
+
+def test_an_invalid_site_id_is_refused_before_the_export_is_read(tmp_path):
+    (tmp_path / "empty").mkdir()  # no cases.csv: reading the export would fail differently
+    result = _cli(
+        "hospital", "ingest", "--source", "folder", "--path", str(tmp_path / "empty"),
+        "--registry", str(tmp_path / "reg"), "--site-id", "Bad Site",
+    )  # fmt: skip
+    _one_line_error(result, "--site-id", "Bad Site")
+    export = _small_export(tmp_path / "export", "c", 2, 0)
+    with pytest.raises(SettingsError, match="site-id"):
+        ingest(FOLDER(export), tmp_path / "reg", site_id="Bad Site", source="t")
+    assert not (tmp_path / "reg").exists()
+
+
+def _locked_set(tmp_path: Path) -> Path:
+    export = Export(tmp_path / "lock-export")
+    for p in range(16):
+        export.add(f"c{p:03d}", pathology="malignant" if p % 3 == 0 else "benign", seed=p)
+    lock_testset([SourceSpec("folder", export.write())], tmp_path / "locked", fraction=0.3, seed=1)
+    return tmp_path / "locked"
+
+
+def test_a_damaged_locked_manifest_is_a_one_line_error(tmp_path):
+    root = _locked_set(tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    no_image = json.loads(json.dumps(manifest))
+    del no_image["cases"][0]["image"]
+    no_cases = {k: v for k, v in manifest.items() if k != "cases"}
+    for damaged, words in [
+        (manifest["cases"], ["JSON object"]),
+        (no_cases, ["'cases'"]),
+        (no_image, ["cases[0]", "image"]),
+    ]:
+        (root / "manifest.json").write_text(json.dumps(damaged))
+        _one_line_error(_cli("vendor", "verify-testset", str(root)), "manifest.json", *words)
+        with pytest.raises(TestSetIntegrityError):
+            LockedTestSet(root).verify()
+
+
+def test_metadata_json_as_a_folder_is_a_one_line_error(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "metadata.json").mkdir(parents=True)
+    Image.fromarray(textured_image(1)).save(tmp_path / "image.png")
+    result = _cli(
+        "console", "analyze", "--model", str(bundle), "--image", str(tmp_path / "image.png"),
+        "--seed", "40,40",
+    )  # fmt: skip
+    _one_line_error(result, "metadata.json")
