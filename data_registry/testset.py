@@ -31,6 +31,8 @@ from data_registry.intake import Admitted, admit
 from data_registry.registry import dumps_canonical
 
 FORMAT_VERSION = 1
+_TOP_FILES = ("manifest.json", "SEAL", "exclusion.json")
+_TOP_FOLDERS = ("images", "masks")
 
 
 @dataclass(frozen=True)
@@ -303,15 +305,13 @@ class LockedTestSet:
                 relative = str(record[key])
                 listed.add(relative)
                 path = self.root / relative
-                if not path.is_file():
+                if path.is_symlink():
+                    problems.append(f"case {name}: {key} file {relative} is a symbolic link")
+                elif not path.is_file():
                     problems.append(f"case {name}: {key} file {relative} is missing")
                 elif sha256_file(path) != record[f"{key}_sha256"]:
                     problems.append(f"case {name}: {key} file {relative} bytes changed")
-        for folder in ("images", "masks"):
-            for path in sorted((self.root / folder).rglob("*")):
-                relative = path.relative_to(self.root).as_posix()
-                if path.is_file() and relative not in listed:
-                    problems.append(f"unexpected file {relative}: membership changed")
+        problems += self._layout_problems(listed)
         seal_path = self.root / "SEAL"
         sealed = seal_path.read_text().strip() if seal_path.is_file() else None
         actual = self.manifest_hash
@@ -326,3 +326,103 @@ class LockedTestSet:
         if problems:
             raise TestSetIntegrityError(f"{self.root}: " + "; ".join(problems))
         return actual
+
+    def _layout_problems(self, listed: set[str]) -> list[str]:
+        """Anything in the folder that the seal does not cover: extra files, links, odd types."""
+        problems = []
+        for folder, subdirs, files in os.walk(self.root):
+            base = Path(folder)
+            for name in sorted(subdirs + files):
+                path = base / name
+                relative = path.relative_to(self.root).as_posix()
+                top = "/" not in relative
+                if path.is_symlink():
+                    problems.append(f"{relative} is a symbolic link: a locked set holds none")
+                elif path.is_dir():
+                    if top and name not in _TOP_FOLDERS:
+                        problems.append(f"unexpected folder {relative}: not part of a locked set")
+                elif top and name not in _TOP_FILES:
+                    problems.append(f"unexpected file {relative}: not part of a locked set")
+                elif not top and relative not in listed:
+                    problems.append(f"unexpected file {relative}: membership changed")
+            subdirs[:] = [d for d in subdirs if not (base / d).is_symlink()]
+        return problems
+
+
+def _dvc_dir_md5(folder: Path) -> str:
+    """DVC 3's ``md5`` of a folder output: md5 of the sorted JSON list of its files' md5s."""
+    entries = []
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = Path(base) / name
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+            entries.append(
+                {"md5": digest.hexdigest(), "relpath": path.relative_to(folder).as_posix()}
+            )
+    entries.sort(key=lambda entry: entry["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+
+
+def dvc_lock_record(testset: Path, dvc_lock: Path) -> str | None:
+    """The md5 that ``dvc_lock`` records for the folder ``testset`` (None when it records none).
+
+    Raises:
+        TestSetIntegrityError: ``dvc_lock`` exists but cannot be read as a DVC lock file.
+    """
+    import yaml
+
+    if not dvc_lock.is_file():
+        return None
+    try:
+        stages = (yaml.safe_load(dvc_lock.read_text()) or {}).get("stages", {})
+        outs = [out for stage in stages.values() for out in stage.get("outs", [])]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as e:
+        raise TestSetIntegrityError(f"{dvc_lock}: not a readable DVC lock file ({e})") from e
+    target = Path(testset).resolve()
+    for out in outs:
+        if not isinstance(out, dict) or "path" not in out:
+            continue
+        if (dvc_lock.parent / str(out["path"])).resolve() == target:
+            md5 = str(out.get("md5", ""))
+            return md5 if out.get("hash") == "md5" and md5.endswith(".dir") else None
+    return None
+
+
+def verify_pinned(
+    testset: Path, expected_hash: str | None = None, *, dvc_lock: Path = Path("dvc.lock")
+) -> str:
+    """Verify a locked set against its seal and against a record the set cannot rewrite.
+
+    The seal alone only shows the folder is self-consistent: whoever rewrites labels can rewrite
+    ``SEAL`` too. So the manifest hash must also equal ``expected_hash`` (``--testset-seal``) and,
+    when ``dvc_lock`` records the folder, the folder must be exactly what DVC recorded. With
+    neither, a warning on stderr says the set is unpinned.
+
+    Returns:
+        The manifest hash.
+
+    Raises:
+        TestSetIntegrityError: the set differs from its seal, the expected hash or ``dvc.lock``.
+    """
+    import sys
+
+    digest = LockedTestSet(testset).verify(expected_hash)
+    recorded = dvc_lock_record(testset, Path(dvc_lock))
+    if recorded is not None:
+        actual = _dvc_dir_md5(Path(testset))
+        if actual != recorded:
+            raise TestSetIntegrityError(
+                f"{testset}: differs from the copy {dvc_lock} records (md5 {actual[:12]}… "
+                f"instead of {recorded[:12]}…): rerun `dvc repro` or restore the locked set"
+            )
+    elif expected_hash is None:
+        print(
+            f"warning: {testset} is checked against its own SEAL only (not pinned by dvc.lock "
+            "or --testset-seal), so a consistent rewrite of labels and SEAL would pass",
+            file=sys.stderr,
+        )
+    return digest

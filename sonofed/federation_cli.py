@@ -64,11 +64,13 @@ def _print_history(history: list[dict[str, Any]]) -> None:
 def _federate(args: argparse.Namespace) -> int:
     _errors()
     from data_registry import Registry
+    from data_registry.testset import verify_pinned
     from federation.candidate import package_candidate
     from federation.config import RunPaths, SiteSpec
     from federation.server import ServerPlan
 
     config = _config(args)
+    verify_pinned(args.testset, args.testset_seal)  # a rewrite of labels + SEAL is refused
     sites = [SiteSpec(p) for p in _registries(args.sites)]
     if not sites and args.superlink is None:
         raise UserError("--sites: give at least one registry")
@@ -249,6 +251,10 @@ def register_vendor(commands: argparse._SubParsersAction) -> None:
     )
     fed.add_argument("--sites", metavar="REG1,REG2,…", help="the hospitals' registries")
     fed.add_argument("--testset", type=Path, required=True, help="the locked test set folder")
+    fed.add_argument(
+        "--testset-seal",
+        help="manifest hash the locked set must have (default: pinned by dvc.lock)",
+    )
     fed.add_argument("--rounds", type=int, help="server rounds (default: params.yaml)")
     fed.add_argument("--cycle", type=int, help="continual-learning cycle (0: from scratch)")
     fed.add_argument("--init", type=Path, help="bundle to continue from (needed for cycle >= 1)")

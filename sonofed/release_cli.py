@@ -60,11 +60,13 @@ def active_model_path(console_dir: Path) -> Path:
 
 @handler
 def _validate(args: argparse.Namespace) -> int:
+    from data_registry.testset import verify_pinned
     from release.gate_report import summary_text
     from release.gates import validate, write_validation
     from release.protocol import load_protocol
 
     _release_errors()
+    verify_pinned(args.testset, args.testset_seal)  # a rewrite of labels + SEAL is refused
     protocol = load_protocol(args.params)
     result = validate(
         args.candidate, args.testset, protocol, current=args.current, num_threads=args.threads
@@ -406,6 +408,10 @@ def register_vendor(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--candidate", type=Path, required=True, help="candidate model bundle")
     p.add_argument("--testset", type=Path, required=True, help="the locked test set folder")
+    p.add_argument(
+        "--testset-seal",
+        help="manifest hash the locked set must have (default: pinned by dvc.lock)",
+    )
     p.add_argument("--current", type=Path, help="the current release (none: first release)")
     p.add_argument("--out", type=Path, required=True, help="folder for the gate report")
     p.add_argument("--params", **params)

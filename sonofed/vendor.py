@@ -37,10 +37,10 @@ def _lock_testset(args: argparse.Namespace) -> int:
 @handler
 def _verify_testset(args: argparse.Namespace) -> int:
     from data_registry.exceptions import TestSetIntegrityError
-    from data_registry.testset import LockedTestSet
+    from data_registry.testset import verify_pinned
 
     try:
-        digest = LockedTestSet(args.dir).verify(args.expected_hash)
+        digest = verify_pinned(args.dir, args.expected_hash)
     except TestSetIntegrityError as e:
         raise UserError(f"locked test set is NOT intact: {e}", exit_code=1) from e
     print(f"{args.dir}: intact ({digest})")
@@ -57,11 +57,14 @@ def _registries(text: str) -> list[Path]:
 
 @handler
 def _train_central(args: argparse.Namespace) -> int:
+    from data_registry.testset import verify_pinned
     from models.central import load_train_config, train_central
     from models.exceptions import ModelError
     from sonofed._output import add_user_errors
 
     add_user_errors(ModelError)
+    if args.testset is not None:
+        verify_pinned(args.testset, args.testset_seal)  # a rewrite of labels + SEAL is refused
     config = load_train_config(
         args.params, epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes
     )
@@ -145,6 +148,10 @@ def register(roles: argparse._SubParsersAction) -> None:
     )
     central.add_argument("--sites", required=True, metavar="REG1,REG2,…", help="site registries")
     central.add_argument("--testset", type=Path, help="the locked test set folder")
+    central.add_argument(
+        "--testset-seal",
+        help="manifest hash the locked set must have (default: pinned by dvc.lock)",
+    )
     central.add_argument("--out", type=Path, default=Path("runs/central"), help="bundle folder")
     central.add_argument("--epochs", type=int, help="training epochs (default: params.yaml)")
     central.add_argument("--max-minutes", type=float, help="stop after this much training time")

@@ -210,3 +210,87 @@ def test_metadata_json_as_a_folder_is_a_one_line_error(tmp_path):
         "--seed", "40,40",
     )  # fmt: skip
     _one_line_error(result, "metadata.json")
+
+
+def _rewrite_consistently(root: Path) -> str:
+    """Flip one label and re-seal: what someone who can write the folder can always do."""
+    from data_registry.testset import _record_hash, manifest_hash
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    record = manifest["cases"][0]
+    record["label"] = 1 - record["label"]
+    record["pathology"] = "benign" if record["pathology"] == "malignant" else "malignant"
+    record["record_sha256"] = _record_hash(record)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    digest = manifest_hash(manifest)
+    (root / "SEAL").write_text(digest + "\n")
+    return digest
+
+
+def test_a_consistent_rewrite_of_labels_and_seal_is_refused_against_the_expected_hash(tmp_path):
+    from data_registry.testset import verify_pinned
+
+    root = _locked_set(tmp_path)
+    original = LockedTestSet(root).verify()
+    _rewrite_consistently(root)
+    LockedTestSet(root).verify()  # self-consistent: the seal alone cannot tell
+    with pytest.raises(TestSetIntegrityError, match="not the expected"):
+        verify_pinned(root, original)
+    export = _small_export(tmp_path / "export", "c", 2, 0)
+    ingest(FOLDER(export), tmp_path / "reg", site_id="site-t", source="t")
+    for command in (
+        ["vendor", "train-central", "--sites", str(tmp_path / "reg"), "--epochs", "1",
+         "--out", str(tmp_path / "central")],
+        ["vendor", "federate", "--sites", str(tmp_path / "reg"), "--out", str(tmp_path / "fed")],
+        ["vendor", "validate", "--candidate", str(tmp_path / "none"), "--out", str(tmp_path / "g")],
+    ):  # fmt: skip
+        result = _cli(*command, "--testset", str(root), "--testset-seal", original)
+        _one_line_error(result, "not the expected")
+    assert not (tmp_path / "central").exists() and not (tmp_path / "g").exists()
+
+
+def test_dvc_lock_pins_the_locked_set(tmp_path):
+    """A set that `dvc repro` recorded in dvc.lock is held to that record by every command."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    source = _locked_set(tmp_path)
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  lock:\n"
+        f"    cmd: {sys.executable} -c \"import shutil; shutil.copytree('{source}', 'locked')\"\n"
+        "    outs:\n      - locked\n"
+    )
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    for command in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "repro", "-q"]):
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+    assert "locked" in (repo / "dvc.lock").read_text()
+    ok = _cli("vendor", "verify-testset", "locked", cwd=repo)
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    _rewrite_consistently(repo / "locked")
+    for command in (
+        ["vendor", "verify-testset", "locked"],
+        ["vendor", "validate", "--candidate", str(tmp_path / "none"), "--testset", "locked",
+         "--out", str(tmp_path / "g")],
+    ):  # fmt: skip
+        _one_line_error(_cli(*command, cwd=repo), "dvc.lock")
+
+
+def test_extra_files_and_symlinked_images_fail_verification(tmp_path):
+    root = _locked_set(tmp_path)
+    LockedTestSet(root).verify()
+    (root / "notes.txt").write_text("hello")
+    with pytest.raises(TestSetIntegrityError, match=r"unexpected file notes\.txt"):
+        LockedTestSet(root).verify()
+    (root / "notes.txt").unlink()
+    (root / "extra").mkdir()
+    with pytest.raises(TestSetIntegrityError, match="unexpected folder extra"):
+        LockedTestSet(root).verify()
+    (root / "extra").rmdir()
+    image = root / LockedTestSet(root).cases[0]["image"]
+    elsewhere = tmp_path / "elsewhere.png"
+    shutil.copyfile(image, elsewhere)
+    image.unlink()
+    image.symlink_to(elsewhere)  # the same bytes, but outside the sealed folder
+    with pytest.raises(TestSetIntegrityError, match="symbolic link"):
+        LockedTestSet(root).verify()
