@@ -80,6 +80,12 @@ def admit(candidate: SourceCase, *, site_id: str, ingested_at: datetime) -> Admi
 
     if candidate.problem is not None:
         return quarantine(candidate.problem.reason, candidate.problem.detail)
+    linked = [p for p in (candidate.image_path, *candidate.mask_paths) if p.is_symlink()]
+    if linked:
+        return quarantine(
+            "symbolic-link",
+            f"{candidate.source_key}: {linked[0].name} is a symbolic link; export the file itself",
+        )
     try:
         image = read_grey(candidate.image_path)
         mask = _merged_mask(candidate, image.shape)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -294,3 +295,44 @@ def test_extra_files_and_symlinked_images_fail_verification(tmp_path):
     image.symlink_to(elsewhere)  # the same bytes, but outside the sealed folder
     with pytest.raises(TestSetIntegrityError, match="symbolic link"):
         LockedTestSet(root).verify()
+
+
+def test_intake_refuses_symbolic_links_out_of_the_export(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(textured_image(90)).save(outside / "secret.png")
+    Image.fromarray(disk_mask().astype(np.uint8) * 255).save(outside / "mask.png")
+    (outside / "sub").mkdir()
+    Image.fromarray(textured_image(91)).save(outside / "sub" / "c004.png")
+    export = Export(tmp_path / "export")
+    for case_id in ("c001", "c002", "c003", "c004"):
+        export.add(case_id)
+    images, masks = export.root / "images", export.root / "masks"
+    (images / "c002.png").unlink()
+    (images / "c002.png").symlink_to(outside / "secret.png")
+    (masks / "c003.png").unlink()
+    (masks / "c003.png").symlink_to(outside / "mask.png")
+    (export.root / "linked").symlink_to(outside / "sub")  # a folder link, file itself plain
+    export.rows[3]["image"] = "linked/c004.png"
+    ingest(FOLDER(export.write()), tmp_path / "reg", site_id="site-t", source="t")
+    registry = Registry(tmp_path / "reg")
+    assert [e.case.case_id for e in registry.entries] == ["c001"]
+    reasons = {q.case_id: q.reason for q in registry.state.quarantine}
+    assert reasons == {"c002": "symbolic-link", "c003": "symbolic-link", "c004": "symbolic-link"}
+
+    busi = tmp_path / "busi" / "benign"
+    busi.mkdir(parents=True)
+    for n in (1, 2):
+        Image.fromarray(textured_image(n)).save(busi / f"benign ({n}).png")
+        Image.fromarray(disk_mask().astype(np.uint8) * 255).save(busi / f"benign ({n})_mask.png")
+    (busi / "benign (2).png").unlink()
+    (busi / "benign (2).png").symlink_to(outside / "secret.png")
+    ingest(
+        get_importer("busi")(tmp_path / "busi", assume_reference="biopsy"),
+        tmp_path / "reg-busi",
+        site_id="busi",
+        source="busi",
+    )
+    registry = Registry(tmp_path / "reg-busi")
+    assert [e.case.case_id for e in registry.entries] == ["busi-benign-1"]
+    assert [q.reason for q in registry.state.quarantine] == ["symbolic-link"]

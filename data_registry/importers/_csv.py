@@ -27,6 +27,7 @@ UNKNOWN_LABEL = "unknown-label"
 MISSING_REFERENCE = "missing-reference-standard"
 INVALID_FIELD = "invalid-field"
 MISSING_FILE = "missing-file"
+SYMBOLIC_LINK = "symbolic-link"
 
 Fields = dict[str, Any]
 
@@ -223,6 +224,11 @@ def existing(root: Path, relative: str, column: str) -> Path:
     path = root.joinpath(*parts.parts)
     if not path.is_file():
         raise RowError(MISSING_FILE, f"{column}: file {text!r} not found")
+    if path.is_symlink() or not path.resolve().is_relative_to(root.resolve()):
+        raise RowError(
+            SYMBOLIC_LINK,
+            f"{column}: {text!r} is or passes through a symbolic link; export the file itself",
+        )
     return path
 
 
