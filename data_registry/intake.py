@@ -70,6 +70,18 @@ def _merged_mask(candidate: SourceCase, shape: tuple[int, int]) -> np.ndarray:
     return merged
 
 
+def _seed_on_lesion(seed: object, mask: np.ndarray) -> bool:
+    """True when the seed is a point of the mask; an out-of-image seed is the schema's to refuse."""
+    if not isinstance(seed, dict):
+        return True
+    x, y = seed.get("x"), seed.get("y")
+    if not (isinstance(x, int) and isinstance(y, int)):
+        return True
+    if not (0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]):
+        return True
+    return bool(mask[y, x])
+
+
 def admit(candidate: SourceCase, *, site_id: str, ingested_at: datetime) -> Admitted | Quarantined:
     """Turn a candidate into an admitted case or a quarantine record."""
     case_id = candidate.fields.get("case_id")
@@ -107,6 +119,12 @@ def admit(candidate: SourceCase, *, site_id: str, ingested_at: datetime) -> Admi
     if not is_normal and "seed" not in fields:
         x, y = seed_point(mask)
         fields["seed"] = {"x": x, "y": y}
+    elif not is_normal and not _seed_on_lesion(fields["seed"], mask):
+        return quarantine(
+            "seed-outside-lesion",
+            f"{candidate.source_key}: seed ({fields['seed'].get('x')}, {fields['seed'].get('y')})"
+            " is not inside the lesion mask; expected the click on the lesion",
+        )
     image_png = encode_png(image)
     mask_png = None if is_normal else encode_png(mask)
     try:

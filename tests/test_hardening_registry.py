@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ from data_registry import (
 )
 from data_registry.exceptions import RegistryStateError
 from data_registry.importers import get_importer
-from tests._exports import Export, disk_mask, textured_image
+from tests._exports import COLUMNS, Export, disk_mask, textured_image
 
 FOLDER = get_importer("folder")
 
@@ -336,3 +337,30 @@ def test_intake_refuses_symbolic_links_out_of_the_export(tmp_path):
     registry = Registry(tmp_path / "reg-busi")
     assert [e.case.case_id for e in registry.entries] == ["busi-benign-1"]
     assert [q.reason for q in registry.state.quarantine] == ["symbolic-link"]
+
+
+def _write_with_seeds(export: Export, seeds: dict[str, tuple[int, int]]) -> Path:
+    columns = [*COLUMNS, "seed_x", "seed_y"]
+    with open(export.root / "cases.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in export.rows:
+            x, y = seeds.get(row["case_id"], ("", ""))
+            writer.writerow({**row, "seed_x": x, "seed_y": y})
+    return export.root
+
+
+def test_a_seed_outside_the_lesion_is_quarantined(tmp_path):
+    export = Export(tmp_path / "export")
+    for case_id in ("c001", "c002", "c003"):
+        export.add(case_id, mask=disk_mask((96, 128), (40, 60), 15))
+    # c001 on the lesion, c002 in the background, c003 without a seed (derived from the mask)
+    root = _write_with_seeds(export, {"c001": (60, 40), "c002": (120, 90)})
+    ingest(FOLDER(root), tmp_path / "reg", site_id="site-t", source="t")
+    registry = Registry(tmp_path / "reg")
+    entries = {e.case.case_id: e for e in registry.entries}
+    assert sorted(entries) == ["c001", "c003"]
+    assert entries["c001"].case.seed.x == 60 and entries["c001"].eligible
+    [record] = registry.state.quarantine
+    assert (record.case_id, record.reason) == ("c002", "seed-outside-lesion")
+    assert "(120, 90)" in record.detail
