@@ -128,6 +128,25 @@ def decide(items: Sequence[_Item], version: int, exclusion: Exclusion | None) ->
     return Decision(entries, duplicates, locked_matches)
 
 
+def _changed(registered: Case, exported: Case) -> bool:
+    """Whether the export now states something else about a registered image."""
+    ignore = {"ingested_at"}
+    return registered.model_dump(exclude=ignore) != exported.model_dump(exclude=ignore)
+
+
+def _hints(new_entries: Sequence[Entry]) -> list[str]:
+    """How to fix an ingest whose new cases may not train, where the fix is the site's to make."""
+    unconfirmed = sum(eligibility.UNCONFIRMED in e.reasons for e in new_entries)
+    if not new_entries or any(e.eligible for e in new_entries) or unconfirmed == 0:
+        return []
+    return [
+        f"{unconfirmed} of {len(new_entries)} new cases state no reference standard "
+        "(unconfirmed-reference), so none may train; if the site vouches for one, ingest the "
+        "same export again with --assume-reference biopsy|surgery|follow-up (it is applied to "
+        "the cases already registered)"
+    ]
+
+
 def _store(root: Path, admitted: Admitted) -> None:
     write_atomic(root / admitted.case.image, admitted.image_png, durable=False)
     if admitted.mask_png is not None:
@@ -174,8 +193,10 @@ def ingest(
         version = (previous.version if previous else 0) + 1
         items = [_Item(e.case, e.phash, e.added_in) for e in previous.entries] if previous else []
         known = {item.case.case_id: item.case.source_sha256 for item in items}
+        position = {item.case.case_id: index for index, item in enumerate(items)}
         quarantine: list[QuarantineRecord] = []
         received = already_present = 0
+        updated: set[str] = set()
         for candidate in tqdm(
             candidates, desc=f"ingest {site_id}", unit="img", disable=not progress
         ):
@@ -184,6 +205,10 @@ def ingest(
             if isinstance(result, Admitted) and result.case.case_id in known:
                 if known[result.case.case_id] == result.case.source_sha256:
                     already_present += 1
+                    index = position[result.case.case_id]
+                    if _changed(items[index].case, result.case):  # e.g. a new attestation
+                        items[index] = _Item(result.case, items[index].phash, version)
+                        updated.add(result.case.case_id)
                     continue
                 result = Quarantined(
                     candidate.source_key,
@@ -205,7 +230,8 @@ def ingest(
             for q in (previous.state.quarantine if previous else [])
             if q.case_id not in accepted_ids
         ]
-        new_entries = [e for e in decision.entries if e.added_in == version]
+        changed = [e for e in decision.entries if e.added_in == version]
+        new_entries = [e for e in changed if e.case.case_id not in updated]
         content_hash = hashlib.sha256(
             dumps_canonical([e.model_dump(mode="json") for e in decision.entries]).encode()
         ).hexdigest()
@@ -218,12 +244,14 @@ def ingest(
             received=received,
             accepted=len(new_entries),
             already_present=already_present,
+            updated=len(updated),
             eligible=sum(e.eligible for e in new_entries),
             quarantined=reasons,
             duplicates=decision.duplicates,
             locked_test_matches=decision.locked_matches,
             eligible_total=sum(e.eligible for e in decision.entries),
             content_hash=content_hash,
+            hints=_hints(changed),
         )
         os.sync()  # every stored image reaches the disk before the version that names it
         write_version(

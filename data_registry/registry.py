@@ -69,12 +69,14 @@ class IngestSummary(_Record):
     received: int
     accepted: int
     already_present: int
+    updated: int = 0  # already present, but the export now says something else (attestation…)
     eligible: int
     quarantined: dict[str, int]
     duplicates: DuplicateSummary
     locked_test_matches: int
     eligible_total: int
     content_hash: str
+    hints: list[str] = []
 
 
 class VersionState(_Record):

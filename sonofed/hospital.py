@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sonofed._output import UserError, handler, print_json
@@ -35,6 +36,12 @@ def _ingest(args: argparse.Namespace) -> int:
         exclusion=exclusion,
         progress=not args.json and not args.quiet,
     )
+    if exclusion is None:
+        print(
+            "warning: --no-exclude: the vendor's locked test cases (and their copies) were not "
+            "kept out of training; any score on that test set would be inflated",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(summary.model_dump(mode="json"))
         return 0
@@ -44,12 +51,15 @@ def _ingest(args: argparse.Namespace) -> int:
         f"  received {summary.received}, accepted {summary.accepted}, eligible {summary.eligible}"
     )
     print(
-        f"  already present {summary.already_present}, locked-test matches {summary.locked_test_matches}"
+        f"  already present {summary.already_present} (updated {summary.updated}), "
+        f"locked-test matches {summary.locked_test_matches}"
     )
     print(f"  duplicates: {dup.exact} exact, {dup.near} near, {len(dup.conflicting)} conflicting")
     for reason, count in sorted(summary.quarantined.items()):
         print(f"  quarantined {count}: {reason}")
     print(f"  eligible in registry: {summary.eligible_total}")
+    for hint in summary.hints:
+        print(f"  hint: {hint}")
     return 0
 
 
@@ -90,8 +100,14 @@ def register(roles: argparse._SubParsersAction) -> None:
     ingest.add_argument("--path", type=Path, required=True, help="folder of the export")
     ingest.add_argument("--registry", type=Path, required=True, help="the site's registry folder")
     ingest.add_argument("--site-id", help="site id (default: from the source)")
-    ingest.add_argument(
+    exclude = ingest.add_mutually_exclusive_group(required=True)
+    exclude.add_argument(
         "--exclude", type=Path, help="the vendor's exclusion.json of the locked test set"
+    )
+    exclude.add_argument(
+        "--no-exclude",
+        action="store_true",
+        help="ingest without the exclusion list (warns: locked test cases could then train)",
     )
     ingest.add_argument(
         "--assume-reference",

@@ -143,7 +143,7 @@ def test_a_read_only_registry_is_a_one_line_error(tmp_path):
                 [
                     *_without_override(), sys.executable, "-m", "sonofed.cli", "hospital",
                     "ingest", "--source", "folder", "--path", str(export), "--registry",
-                    str(registry), "--site-id", "site-t", "--quiet",
+                    str(registry), "--site-id", "site-t", "--quiet", "--no-exclude",
                 ],
                 capture_output=True,
                 text=True,
@@ -169,7 +169,7 @@ def test_an_invalid_site_id_is_refused_before_the_export_is_read(tmp_path):
     (tmp_path / "empty").mkdir()  # no cases.csv: reading the export would fail differently
     result = _cli(
         "hospital", "ingest", "--source", "folder", "--path", str(tmp_path / "empty"),
-        "--registry", str(tmp_path / "reg"), "--site-id", "Bad Site",
+        "--registry", str(tmp_path / "reg"), "--site-id", "Bad Site", "--no-exclude",
     )  # fmt: skip
     _one_line_error(result, "--site-id", "Bad Site")
     export = _small_export(tmp_path / "export", "c", 2, 0)
@@ -364,3 +364,48 @@ def test_a_seed_outside_the_lesion_is_quarantined(tmp_path):
     [record] = registry.state.quarantine
     assert (record.case_id, record.reason) == ("c002", "seed-outside-lesion")
     assert "(120, 90)" in record.detail
+
+
+def test_ingest_requires_exclude_or_an_explicit_no_exclude_that_warns(tmp_path):
+    export = _small_export(tmp_path / "export", "c", 2, 0)
+    base = ["hospital", "ingest", "--source", "folder", "--path", str(export),
+            "--registry", str(tmp_path / "reg"), "--site-id", "site-t", "--quiet"]  # fmt: skip
+    refused = _cli(*base)
+    assert refused.returncode == 2 and "--exclude" in refused.stderr, refused.stderr
+    assert not (tmp_path / "reg").exists()
+    warned = _cli(*base, "--no-exclude")
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: --no-exclude" in warned.stderr and "locked test" in warned.stderr
+
+
+def _busi_export(root: Path, count: int) -> Path:
+    for label in ("benign", "malignant"):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for n in range(1, count + 1):
+            seed = n + (1000 if label == "malignant" else 0)
+            Image.fromarray(textured_image(seed)).save(folder / f"{label} ({n}).png")
+            mask = disk_mask().astype(np.uint8) * 255
+            Image.fromarray(mask).save(folder / f"{label} ({n})_mask.png")
+    return root
+
+
+def test_busi_without_attestation_says_how_to_fix_and_reingest_applies_it(tmp_path):
+    busi = _busi_export(tmp_path / "busi", 3)
+    base = ["hospital", "ingest", "--source", "busi", "--path", str(busi),
+            "--registry", str(tmp_path / "reg"), "--quiet", "--no-exclude"]  # fmt: skip
+    first = _cli(*base)
+    assert first.returncode == 0, first.stderr
+    assert "eligible 0" in first.stdout and "--assume-reference" in first.stdout, first.stdout
+    second = _cli(*base, "--assume-reference", "biopsy", "--json")
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["already_present"] == 6 and summary["updated"] == 6
+    assert summary["accepted"] == 0 and summary["eligible_total"] == 6 and not summary["hints"]
+    registry = Registry(tmp_path / "reg")
+    assert all(e.case.reference_attested_by_site for e in registry.entries)
+    assert {e.case.reference_standard.value for e in registry.entries} == {"biopsy"}
+    assert len(registry.eligible(since=1)) == 6  # newly eligible: the next cycle trains on them
+    assert Registry(tmp_path / "reg", version=1).status()["eligible"] == 0  # v1 is unchanged
+    third = _cli(*base, "--assume-reference", "biopsy", "--json")
+    assert json.loads(third.stdout)["updated"] == 0

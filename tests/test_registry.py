@@ -188,7 +188,7 @@ def test_a_killed_ingest_leaves_the_previous_version_intact(tmp_path):
     command = [
         sys.executable, "-m", "sonofed.cli", "hospital", "ingest", "--source", "folder",
         "--path", str(export.root), "--registry", str(tmp_path / "reg"), "--site-id", "site-t",
-        "--quiet",
+        "--quiet", "--no-exclude",
     ]  # fmt: skip
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 60
