@@ -19,12 +19,14 @@ from data_registry.images import write_atomic
 from data_registry.importers.base import SourceCase
 from data_registry.intake import Admitted, Quarantined, admit
 from data_registry.registry import (
+    SETTINGS_FILE,
     DuplicateSummary,
     Entry,
     IngestLock,
     IngestSummary,
     QuarantineRecord,
     Registry,
+    RegistrySettings,
     VersionState,
     dumps_canonical,
     write_version,
@@ -160,6 +162,7 @@ def ingest(
     site_id: str,
     source: str,
     exclusion: Exclusion | None = None,
+    settings: RegistrySettings | None = None,
     progress: bool = False,
     now: datetime | None = None,
 ) -> IngestSummary:
@@ -171,6 +174,8 @@ def ingest(
         site_id: the site; must match an existing registry's.
         source: a short description of the export (importer kind and folder name).
         exclusion: the vendor's locked-test exclusion list.
+        settings: the site's rules; given, they replace ``settings.json`` of the registry,
+            else that file's are used.
         progress: show a progress bar.
         now: the ingest time (defaults to the current UTC time).
 
@@ -191,6 +196,11 @@ def ingest(
                 f"{registry_dir}: registry of site {previous.site_id!r}, not {site_id!r}"
             )
         version = (previous.version if previous else 0) + 1
+        if settings is not None:
+            payload = settings.model_dump_json(indent=1, exclude_none=True)
+            write_atomic(registry_dir / SETTINGS_FILE, payload.encode())
+        else:
+            settings = RegistrySettings.load(registry_dir)
         items = [_Item(e.case, e.phash, e.added_in) for e in previous.entries] if previous else []
         known = {item.case.case_id: item.case.source_sha256 for item in items}
         position = {item.case.case_id: index for index, item in enumerate(items)}
@@ -202,6 +212,10 @@ def ingest(
         ):
             received += 1
             result = admit(candidate, site_id=site_id, ingested_at=now)
+            if isinstance(result, Admitted) and (problems := settings.problems(result.case)):
+                result = Quarantined(
+                    candidate.source_key, result.case.case_id, "invalid-field", problems[0]
+                )
             if isinstance(result, Admitted) and result.case.case_id in known:
                 if known[result.case.case_id] == result.case.source_sha256:
                     already_present += 1

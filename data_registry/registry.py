@@ -4,6 +4,7 @@ Layout::
 
     REGISTRY/
       HEAD                  the current version number
+      settings.json         the site's own rules (pseudonym patterns), optional
       versions/v0001.json   full state after ingest 1 (entries, quarantine, summary)
       images/<case_id>.png  normalised 8-bit greyscale images
       masks/<case_id>.png   merged lesion masks (0/255)
@@ -17,15 +18,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections import Counter
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from data_registry.exceptions import RegistryStateError
+from data_registry.exceptions import RegistryStateError, SettingsError
 from data_registry.images import read_grey, write_atomic
 from data_registry.schema import Case, SiteId
 
@@ -88,6 +91,78 @@ class VersionState(_Record):
     summary: IngestSummary
     entries: list[Entry]
     quarantine: list[QuarantineRecord]
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def _check_pattern(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression ({e}): {value!r}") from None
+    return value
+
+
+class RegistrySettings(_Record):
+    """A site's own rules, kept in ``REGISTRY/settings.json``.
+
+    ``patient_id_pattern`` and ``case_id_pattern`` are regular expressions that every identifier
+    of the site must match in full (for example ``P\\d{6}``): a value that does not, such as a
+    name typed where a pseudonym belongs, is quarantined.
+    """
+
+    patient_id_pattern: Annotated[str | None, AfterValidator(_check_pattern)] = None
+    case_id_pattern: Annotated[str | None, AfterValidator(_check_pattern)] = None
+
+    @classmethod
+    def load(cls, root: Path) -> RegistrySettings:
+        """The registry's settings; the defaults when it has no settings file.
+
+        Raises:
+            SettingsError: the file is not valid JSON or not valid settings.
+        """
+        path = Path(root) / SETTINGS_FILE
+        if not path.exists():
+            return cls()
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as e:
+            raise SettingsError(f"{path}: cannot be read ({e.strerror})") from e
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise SettingsError(f"{path}: {where}: {first['msg']}") from e
+
+    def updated(self, **values: str | None) -> RegistrySettings:
+        """These settings with the given (non-None) values replaced.
+
+        Raises:
+            SettingsError: a value is not valid (for example not a regular expression).
+        """
+        merged = self.model_dump() | {k: v for k, v in values.items() if v is not None}
+        try:
+            return RegistrySettings.model_validate(merged)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+            raise SettingsError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from e
+
+    def problems(self, case: Case) -> list[str]:
+        """What of ``case`` breaks the site's patterns (empty when nothing does)."""
+        found = []
+        for field, pattern in (
+            ("patient_id", self.patient_id_pattern),
+            ("case_id", self.case_id_pattern),
+        ):
+            value = getattr(case, field)
+            if pattern is not None and re.fullmatch(pattern, value) is None:
+                found.append(
+                    f"{field}: {value!r} does not match the site's pseudonym pattern "
+                    f"{pattern!r} ({SETTINGS_FILE})"
+                )
+        return found
 
 
 class Registry:

@@ -20,12 +20,102 @@ _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 @._/+()-]{0,79}$")
 
 
+_CAPITALISED = re.compile(r"[A-Z][a-z]{1,}")
+_YEAR = re.compile(r"(?<!\d)(?:19|20)\d{2}(?:[01]\d[0-3]\d)?(?!\d)")
+# Words of scanner makers and model lines, so that "Supersonic Aixplorer" is not taken for a name.
+SCANNER_WORDS = frozenset(
+    [
+        "ge",
+        "philips",
+        "siemens",
+        "toshiba",
+        "canon",
+        "samsung",
+        "medison",
+        "hitachi",
+        "aloka",
+        "esaote",
+        "mindray",
+        "supersonic",
+        "fujifilm",
+        "sonosite",
+        "butterfly",
+        "clarius",
+        "konica",
+        "minolta",
+        "alpinion",
+        "chison",
+        "sonoscape",
+        "zonare",
+        "acuson",
+        "logiq",
+        "voluson",
+        "vivid",
+        "aplio",
+        "xario",
+        "affiniti",
+        "epiq",
+        "aixplorer",
+        "arietta",
+        "resona",
+        "hologic",
+        "healthcare",
+        "medical",
+        "medicine",
+        "ultrasound",
+        "ultrasonix",
+        "systems",
+        "imaging",
+        "sonoline",
+        "antares",
+        "sequoia",
+        "juniper",
+        "phantom",
+        "portable",
+        "elite",
+        "expert",
+        "premium",
+        "pro",
+        "ultimate",
+        "touch",
+        "linear",
+        "convex",
+        "probe",
+    ]
+)
+
+
+def _looks_like_name_and_birth_year(value: str) -> bool:
+    """``MariaKowalska1960``, ``Maria_Kowalska-19600412``: two capitalised words and a year."""
+    letters = re.sub(r"[\d_.-]", "", value)
+    words = _CAPITALISED.findall(letters)
+    return len(words) >= 2 and "".join(words) == letters and bool(_YEAR.search(value))
+
+
+def looks_like_person_name(value: str) -> bool:
+    """Two or three capitalised words of letters only, none a scanner maker's or model's word.
+
+    ``Maria Kowalska`` and ``Anna Nowak-Kowalska`` look like names; ``GE Logiq 7``,
+    ``Toshiba Aplio 300`` and ``Supersonic Aixplorer`` do not.
+    """
+    words = re.split(r"[ -]+", value.strip())
+    if not 2 <= len(words) <= 4:
+        return False
+    if not all(len(w) >= 2 and w.isalpha() and w[0].isupper() and w[1:].islower() for w in words):
+        return False
+    return not any(w.lower() in SCANNER_WORDS for w in words)
+
+
 def _check_pseudonym(value: str) -> str:
     """A pseudonym is a short token with at least one digit: no spaces, so no personal names."""
     if not _PSEUDONYM.match(value) or not any(ch.isdigit() for ch in value):
         raise ValueError(
             "expected a pseudonymous identifier (letters, digits, '_', '-', '.', at most 64 "
             f"characters, at least one digit, no spaces); got {value!r}"
+        )
+    if _looks_like_name_and_birth_year(value):
+        raise ValueError(
+            f"expected a pseudonymous identifier; {value!r} looks like a name and a birth year"
         )
     return value
 
@@ -54,6 +144,11 @@ def _check_device(value: str) -> str:
     if not _DEVICE.match(value):
         raise ValueError(
             f"expected a scanner model name (at most 80 plain characters); got {value!r}"
+        )
+    if looks_like_person_name(value):
+        raise ValueError(
+            f"expected a scanner model name such as 'GE Logiq 7'; {value!r} looks like a "
+            "person's name"
         )
     return value
 

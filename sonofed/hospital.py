@@ -17,6 +17,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from data_registry.exclusion import Exclusion
     from data_registry.importers import get_importer
     from data_registry.ingest import ingest
+    from data_registry.registry import RegistrySettings
     from data_registry.schema import check_site_id
     from data_registry.testset import site_id_for
 
@@ -28,12 +29,18 @@ def _ingest(args: argparse.Namespace) -> int:
     site_id = args.site_id or site_id_for(args.source, args.path)
     exclusion = Exclusion.load(args.exclude) if args.exclude else None
     candidates = importer(args.path, assume_reference=args.assume_reference)
+    settings = None
+    if args.patient_id_pattern or args.case_id_pattern:  # saved in the registry's settings.json
+        settings = RegistrySettings.load(args.registry).updated(
+            patient_id_pattern=args.patient_id_pattern, case_id_pattern=args.case_id_pattern
+        )
     summary = ingest(
         candidates,
         args.registry,
         site_id=site_id,
         source=f"{args.source}:{args.path.name}",
         exclusion=exclusion,
+        settings=settings,
         progress=not args.json and not args.quiet,
     )
     if exclusion is None:
@@ -114,6 +121,13 @@ def register(roles: argparse._SubParsersAction) -> None:
         choices=REFERENCES,
         help="reference standard the site vouches for where the export states none",
     )
+    for kind in ("patient", "case"):
+        ingest.add_argument(
+            f"--{kind}-id-pattern",
+            metavar="REGEX",
+            help=f"the site's {kind} pseudonym pattern (full match, e.g. 'P\\d{{6}}'); saved "
+            "in the registry's settings.json and applied to every later ingest",
+        )
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(handler=_ingest)

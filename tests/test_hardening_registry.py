@@ -9,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from data_registry import (
     LockedTestSet,
@@ -26,6 +28,7 @@ from data_registry import (
 )
 from data_registry.exceptions import RegistryStateError
 from data_registry.importers import get_importer
+from data_registry.schema import Case
 from tests._exports import COLUMNS, Export, disk_mask, textured_image
 
 FOLDER = get_importer("folder")
@@ -339,14 +342,14 @@ def test_intake_refuses_symbolic_links_out_of_the_export(tmp_path):
     assert [q.reason for q in registry.state.quarantine] == ["symbolic-link"]
 
 
-def _write_with_seeds(export: Export, seeds: dict[str, tuple[int, int]]) -> Path:
-    columns = [*COLUMNS, "seed_x", "seed_y"]
+def _write_with(export: Export, extra: dict[str, dict[str, object]]) -> Path:
+    """Write ``cases.csv`` with optional columns filled in for some cases."""
+    columns = [*COLUMNS, *sorted({name for cells in extra.values() for name in cells})]
     with open(export.root / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         for row in export.rows:
-            x, y = seeds.get(row["case_id"], ("", ""))
-            writer.writerow({**row, "seed_x": x, "seed_y": y})
+            writer.writerow({**row, **extra.get(row["case_id"], {})})
     return export.root
 
 
@@ -355,7 +358,8 @@ def test_a_seed_outside_the_lesion_is_quarantined(tmp_path):
     for case_id in ("c001", "c002", "c003"):
         export.add(case_id, mask=disk_mask((96, 128), (40, 60), 15))
     # c001 on the lesion, c002 in the background, c003 without a seed (derived from the mask)
-    root = _write_with_seeds(export, {"c001": (60, 40), "c002": (120, 90)})
+    seeds = {"c001": {"seed_x": 60, "seed_y": 40}, "c002": {"seed_x": 120, "seed_y": 90}}
+    root = _write_with(export, seeds)
     ingest(FOLDER(root), tmp_path / "reg", site_id="site-t", source="t")
     registry = Registry(tmp_path / "reg")
     entries = {e.case.case_id: e for e in registry.entries}
@@ -409,3 +413,57 @@ def test_busi_without_attestation_says_how_to_fix_and_reingest_applies_it(tmp_pa
     assert Registry(tmp_path / "reg", version=1).status()["eligible"] == 0  # v1 is unchanged
     third = _cli(*base, "--assume-reference", "biopsy", "--json")
     assert json.loads(third.stdout)["updated"] == 0
+
+
+def test_names_are_refused_where_pseudonyms_and_device_models_belong(tmp_path):
+    fields = {
+        "case_id": "c1", "site_id": "site-a", "image": "images/c1.png",
+        "image_sha256": "0" * 64, "source_sha256": "0" * 64, "width": 64, "height": 64,
+        "pathology": "normal", "reference_standard": "follow-up", "ingested_at": datetime.now(UTC),
+    }  # fmt: skip
+    for patient_id in ("MariaKowalska1960", "Maria_Kowalska-19600412"):
+        with pytest.raises(ValidationError, match="name and a birth year"):
+            Case(**fields, patient_id=patient_id)
+    for device in ("Maria Kowalska", "Anna Nowak-Kowalska"):
+        with pytest.raises(ValidationError, match="person's name"):
+            Case(**fields, patient_id="p1", device=device)
+    for device in ("GE Logiq 7 @10-14MHz", "Toshiba Aplio 300 @12-14 MHz", "U-Systems @10-14MHz",
+                   "Supersonic Aixplorer", "Phantom HF-L15 @14MHz"):  # fmt: skip
+        Case(**fields, patient_id="P000117", device=device)
+
+    export = Export(tmp_path / "export")
+    for case_id in ("c001", "c002", "c003"):
+        export.add(case_id)
+    extra = {"c002": {"device": "Maria Kowalska"}}
+    export.rows[2]["patient_id"] = "MariaKowalska1960"
+    ingest(FOLDER(_write_with(export, extra)), tmp_path / "reg", site_id="site-t", source="t")
+    registry = Registry(tmp_path / "reg")
+    assert [e.case.case_id for e in registry.entries] == ["c001"]
+    details = {q.case_id: q.detail for q in registry.state.quarantine}
+    assert details["c002"].startswith("device") and details["c003"].startswith("patient_id")
+
+
+def test_a_site_declares_its_pseudonym_pattern_and_identifiers_are_checked(tmp_path):
+    export = Export(tmp_path / "export")
+    export.add("c001", patient_id="P000001")
+    export.add("c002", patient_id="mkowalska60")  # passes the generic rule, not the site's
+    base = ["hospital", "ingest", "--source", "folder", "--path", str(export.write()),
+            "--registry", str(tmp_path / "reg"), "--site-id", "site-t", "--quiet",
+            "--no-exclude"]  # fmt: skip
+    bad = _cli(*base, "--patient-id-pattern", "P(\\d{6}")
+    _one_line_error(bad, "--patient-id-pattern", "regular expression")
+    first = _cli(*base, "--patient-id-pattern", "P\\d{6}", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["accepted"] == 1
+    settings = json.loads((tmp_path / "reg" / "settings.json").read_text())
+    assert settings == {"patient_id_pattern": "P\\d{6}"}
+    export.add("c003", patient_id="anowak1971")
+    export.add("c004", patient_id="P000004")
+    export.write()
+    second = _cli(*base, "--json")  # the saved pattern applies without the option
+    assert json.loads(second.stdout)["accepted"] == 1, second.stdout
+    registry = Registry(tmp_path / "reg")
+    assert sorted(e.case.case_id for e in registry.entries) == ["c001", "c004"]
+    details = {q.case_id: q.detail for q in registry.state.quarantine}
+    assert "does not match the site's pseudonym pattern" in details["c003"]
+    assert set(details) == {"c002", "c003"}
