@@ -310,6 +310,10 @@ class _Region:
         self.cols = slice(max(c0 - side - 2, 0), min(c1 + side + 2, image.shape[1]))
         self.image = image[self.rows, self.cols].astype(np.float64)
         self.mask = _largest_component(mask[self.rows, self.cols] != 0)
+        if self.mask.sum() < 9:  # scattered pixels (an untrained network's mask) have no outline
+            raise MaskError(
+                f"the mask's largest region has {int(self.mask.sum())} pixels; at least 9 are needed"
+            )
         self.smooth = ndi.gaussian_filter(self.image, SMOOTHING_SIGMA)
         self.area = float(self.mask.sum())
         self.radius = math.sqrt(self.area / math.pi)
@@ -468,6 +472,8 @@ def _outline(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     """The lesion's outer contour (sub-pixel, closed, first point not repeated)."""
     padded = ndi.gaussian_filter(np.pad(mask, 2).astype(np.float64), OUTLINE_SIGMA)
     contours = measure.find_contours(padded, 0.5)
+    if not contours:
+        raise MaskError("the lesion is too thin to have an outline")
     contour = max(contours, key=len)[:-1] - 2.0
     if len(contour) < 4:
         raise MaskError("the lesion is too small to have an outline")
