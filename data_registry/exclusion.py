@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data_registry.exceptions import RegistryStateError
-from data_registry.hashing import NEAR_DUPLICATE_BITS, hamming_matrix
+from data_registry.hashing import COPY_BITS, NEAR_DUPLICATE_BITS, hamming_matrix, nearest_pose_bits
 from data_registry.schema import Case
 
 
@@ -30,6 +30,8 @@ class Exclusion(BaseModel):
     sha256: frozenset[str]
     phash: tuple[str, ...]
     patients: frozenset[str]
+    # every locked image in every pose a trivial edit could give it (see hashing.copy_poses)
+    poses: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Exclusion:
@@ -46,16 +48,29 @@ class Exclusion(BaseModel):
             "sha256": sorted(self.sha256),
             "phash": sorted(self.phash),
             "patients": sorted(self.patients),
+            "poses": sorted(self.poses),
         }
         return json.dumps(payload, indent=1)
 
-    def locked(self, cases: Sequence[Case], phashes: Sequence[str]) -> list[bool]:
-        """Per case: same bytes as, a near copy of, or the same patient as a locked case."""
+    def locked(
+        self,
+        cases: Sequence[Case],
+        phashes: Sequence[str],
+        probes: Sequence[Sequence[str]] | None = None,
+    ) -> list[bool]:
+        """Per case: same bytes as, a near copy of, or the same patient as a locked case.
+
+        ``probes`` (per case, from :func:`data_registry.hashing.copy_probes`) are matched against
+        the locked images' poses, which catches mirrored, cropped, padded, shifted, slightly
+        rotated and re-windowed copies; a case without probes is matched by its pHash only.
+        """
         if not cases:
             return []
         near = np.zeros(len(cases), dtype=bool)
         if self.phash:
             near = (hamming_matrix(phashes, list(self.phash)) <= NEAR_DUPLICATE_BITS).any(axis=1)
+        if self.poses and probes is not None:
+            near |= nearest_pose_bits(probes, list(self.poses)) <= COPY_BITS
         return [
             bool(is_near)
             or case.source_sha256 in self.sha256

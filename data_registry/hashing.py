@@ -65,3 +65,119 @@ def connected_groups(count: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     return [root(i) for i in range(count)]
+
+
+# --- near copies of locked test images ------------------------------------------------------
+# A locked image must not come back for training as a trivially edited copy: mirrored, cropped
+# by a few per cent, padded, shifted, slightly rotated, brighter or darker. One pHash of the
+# whole image moves 66-142 bits under such edits. So the vendor hashes every locked image in
+# many poses (mirrored or not, rotated by -4/0/+4 degrees, and eleven windows: whole, centred
+# 2.5 %/5 % crops, 5 % off one side or one corner), after trimming uniform borders (padding),
+# and a hospital hashes each of its images whole and centre-cropped. A case is a copy of a
+# locked image when any of its probes lies within COPY_BITS of any pose (an untrimmed whole
+# pose and probe cover a contrast stretch that changes what trimming removes). Measured on the
+# shared data (``python -m bench.registry --only-copies``, 100 locked images per site): mirror,
+# crops of 3-8 % (centred, one side, one corner), 20 px padding, 12x8 px shifts, rotations of
+# 2-5 degrees, brightness, gamma, contrast and resizing land within 0-56 bits (all caught); a
+# 20x20 px shift reached 80 bits (3 of 300 missed); distinct images of the three sites came no
+# closer than 64 bits (0 of 625,700 pairs within 60).
+COPY_BITS = 60
+_WORK_SIDE = 160  # poses are computed on a copy this size: pHash looks at 64x64 anyway
+_ANGLES = (0.0, -4.0, 4.0)
+_F = 0.05
+_WINDOWS = (
+    (0.0, 0.0, 0.0, 0.0),
+    (_F / 2, _F / 2, _F / 2, _F / 2),
+    (_F, _F, _F, _F),
+    (_F, 0.0, 0.0, 0.0),
+    (0.0, _F, 0.0, 0.0),
+    (0.0, 0.0, _F, 0.0),
+    (0.0, 0.0, 0.0, _F),
+    (_F, 0.0, _F, 0.0),
+    (_F, 0.0, 0.0, _F),
+    (0.0, _F, _F, 0.0),
+    (0.0, _F, 0.0, _F),
+)
+
+
+def trim_uniform_border(image: np.ndarray, spread: int = 1) -> np.ndarray:
+    """Drop border rows and columns of (nearly) one grey value: padding, however wide."""
+    wide = image.astype(np.int16)
+    rows = np.nonzero(wide.max(axis=1) - wide.min(axis=1) > spread)[0]
+    cols = np.nonzero(wide.max(axis=0) - wide.min(axis=0) > spread)[0]
+    if rows.size < 16 or cols.size < 16:
+        return image
+    return image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _working_copy(image: np.ndarray, trim: bool = True) -> np.ndarray:
+    trimmed = trim_uniform_border(image) if trim else image
+    height, width = trimmed.shape
+    scale = _WORK_SIDE / max(height, width)
+    if scale >= 1.0:
+        return np.ascontiguousarray(trimmed)
+    size = (max(round(width * scale), 16), max(round(height * scale), 16))
+    return np.asarray(Image.fromarray(trimmed).resize(size, Image.Resampling.LANCZOS))
+
+
+def _window(image: np.ndarray, top: float, bottom: float, left: float, right: float) -> np.ndarray:
+    height, width = image.shape
+    return image[
+        round(height * top) : height - round(height * bottom),
+        round(width * left) : width - round(width * right),
+    ]
+
+
+def copy_poses(image: np.ndarray) -> tuple[str, ...]:
+    """The locked side: pHashes of an image in every pose a trivial edit could put it in."""
+    from scipy import ndimage
+
+    base = _working_copy(image)
+    poses = []
+    for mirrored in (base, base[:, ::-1]):
+        for angle in _ANGLES:
+            turned = (
+                mirrored
+                if angle == 0.0
+                else ndimage.rotate(mirrored, angle, reshape=False, order=1, mode="nearest")
+            )
+            poses.extend(
+                perceptual_hash(np.ascontiguousarray(_window(turned, *w))) for w in _WINDOWS
+            )
+    whole = _working_copy(image, trim=False)  # for edits that change what trimming removes
+    poses.extend((perceptual_hash(whole), perceptual_hash(np.ascontiguousarray(whole[:, ::-1]))))
+    return tuple(poses)
+
+
+def copy_probes(image: np.ndarray) -> tuple[str, ...]:
+    """The hospital side: pHashes of an image, trimmed (whole and 5 % cropped) and untrimmed."""
+    base = _working_copy(image)
+    return (
+        perceptual_hash(base),
+        perceptual_hash(np.ascontiguousarray(_window(base, *_WINDOWS[2]))),
+        perceptual_hash(_working_copy(image, trim=False)),  # a contrast stretch that clips
+    )
+
+
+def _packed(hashes: Sequence[str]) -> np.ndarray:
+    raw = b"".join(bytes.fromhex(h) for h in hashes)
+    return np.frombuffer(raw, dtype=np.uint64).reshape(len(hashes), -1)
+
+
+def nearest_pose_bits(probes: Sequence[Sequence[str]], poses: Sequence[str]) -> np.ndarray:
+    """Per case (one list of probes each), the fewest bits between any probe and any pose."""
+    best = np.full(len(probes), HASH_SIZE * HASH_SIZE + 1, dtype=np.int64)
+    if not poses or not probes:
+        return best
+    pose_bits = _packed(poses)
+    owner = np.repeat(np.arange(len(probes)), [len(p) for p in probes])
+    flat = [h for case in probes for h in case]
+    if not flat:
+        return best
+    probe_bits = _packed(flat)
+    chunk = max(1, 1_000_000 // len(poses))  # about 32 MB of XORs at a time
+    for start in range(0, len(flat), chunk):
+        xor = probe_bits[start : start + chunk, None, :] ^ pose_bits[None, :, :]
+        distance = np.bitwise_count(xor).sum(axis=2).min(axis=1)
+        np.minimum.at(best, owner[start : start + chunk], distance)
+    return best

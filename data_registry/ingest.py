@@ -39,6 +39,7 @@ class _Item:
     case: Case
     phash: str
     added_in: int
+    probes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,11 @@ def decide(items: Sequence[_Item], version: int, exclusion: Exclusion | None) ->
     split_group = connected_groups(len(items), sorted(copies) + _patient_pairs(items))
     locked = [False] * len(items)
     if exclusion is not None:
-        locked = exclusion.locked([item.case for item in items], [item.phash for item in items])
+        locked = exclusion.locked(
+            [item.case for item in items],
+            [item.phash for item in items],
+            [item.probes for item in items],
+        )
     locked_groups = {split_group[i] for i, is_locked in enumerate(locked) if is_locked}
 
     members: dict[int, list[int]] = {}
@@ -119,6 +124,7 @@ def decide(items: Sequence[_Item], version: int, exclusion: Exclusion | None) ->
         Entry(
             case=item.case,
             phash=item.phash,
+            probes=item.probes,
             added_in=item.added_in,
             group=f"g-{items[split_group[index]].case.case_id}",
             eligible=not reasons[index],
@@ -201,7 +207,11 @@ def ingest(
             write_atomic(registry_dir / SETTINGS_FILE, payload.encode())
         else:
             settings = RegistrySettings.load(registry_dir)
-        items = [_Item(e.case, e.phash, e.added_in) for e in previous.entries] if previous else []
+        items = (
+            [_Item(e.case, e.phash, e.added_in, e.probes) for e in previous.entries]
+            if previous
+            else []
+        )
         known = {item.case.case_id: item.case.source_sha256 for item in items}
         position = {item.case.case_id: index for index, item in enumerate(items)}
         quarantine: list[QuarantineRecord] = []
@@ -221,7 +231,7 @@ def ingest(
                     already_present += 1
                     index = position[result.case.case_id]
                     if _changed(items[index].case, result.case):  # e.g. a new attestation
-                        items[index] = _Item(result.case, items[index].phash, version)
+                        items[index] = _Item(result.case, result.phash, version, result.probes)
                         updated.add(result.case.case_id)
                     continue
                 result = Quarantined(
@@ -235,7 +245,7 @@ def ingest(
                 continue
             _store(registry_dir, result)
             known[result.case.case_id] = result.case.source_sha256
-            items.append(_Item(result.case, result.phash, version))
+            items.append(_Item(result.case, result.phash, version, result.probes))
 
         decision = decide(items, version, exclusion)
         accepted_ids = {e.case.case_id for e in decision.entries}

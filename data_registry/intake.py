@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from data_registry.exceptions import ImageError
-from data_registry.hashing import perceptual_hash
+from data_registry.hashing import copy_probes, perceptual_hash
 from data_registry.images import (
     encode_png,
     read_grey,
@@ -34,6 +34,7 @@ class Admitted:
     image_png: bytes
     mask_png: bytes | None
     phash: str
+    probes: tuple[str, ...]
     image: np.ndarray
     mask: np.ndarray | None
 
@@ -148,6 +149,7 @@ def admit(candidate: SourceCase, *, site_id: str, ingested_at: datetime) -> Admi
         image_png=image_png,
         mask_png=mask_png,
         phash=perceptual_hash(image),
+        probes=copy_probes(image),
         image=image,
         mask=None if is_normal else mask,
     )

@@ -44,6 +44,7 @@ class Entry(_Record):
 
     case: Case
     phash: str
+    probes: tuple[str, ...] = ()  # for the locked-copy check (hashing.copy_probes)
     added_in: int = Field(ge=1)
     group: str
     eligible: bool

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data_registry import eligibility
 from data_registry.exceptions import SourceError, TestSetIntegrityError
 from data_registry.exclusion import Exclusion, patient_token
+from data_registry.hashing import copy_poses
 from data_registry.images import read_grey, sha256_file, write_atomic
 from data_registry.importers import get_importer
 from data_registry.ingest import _Item, decide
@@ -125,6 +126,7 @@ def lock_testset(
     now = datetime.now(UTC).replace(microsecond=0)
     rng = np.random.default_rng(seed)
     records, exclusion_hashes, exclusion_phash, patients = [], set(), [], set()
+    poses: list[str] = []
     per_site: dict[str, dict[str, int]] = {}
     for spec in sources:
         site_id = site_id_for(spec.kind, spec.path)
@@ -153,6 +155,7 @@ def lock_testset(
             case = entry.case
             exclusion_hashes.update((case.source_sha256, case.image_sha256))
             exclusion_phash.append(entry.phash)
+            poses.extend(copy_poses(by_id[case.case_id].image))
             patients.add(patient_token(site_id, case.patient_id))
             if not usable[index]:
                 continue
@@ -175,6 +178,7 @@ def lock_testset(
         sha256=frozenset(exclusion_hashes),
         phash=tuple(sorted(exclusion_phash)),
         patients=frozenset(patients),
+        poses=tuple(sorted(set(poses))),
     )
     os.sync()  # the images reach the disk before the manifest that seals them
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())

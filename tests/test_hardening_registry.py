@@ -27,6 +27,7 @@ from data_registry import (
     lock_testset,
 )
 from data_registry.exceptions import RegistryStateError
+from data_registry.exclusion import Exclusion
 from data_registry.importers import get_importer
 from data_registry.schema import Case
 from tests._exports import COLUMNS, Export, disk_mask, textured_image
@@ -467,3 +468,104 @@ def test_a_site_declares_its_pseudonym_pattern_and_identifiers_are_checked(tmp_p
     details = {q.case_id: q.detail for q in registry.state.quarantine}
     assert "does not match the site's pseudonym pattern" in details["c003"]
     assert set(details) == {"c002", "c003"}
+
+
+def _edits(image: np.ndarray) -> dict[str, np.ndarray]:
+    from scipy import ndimage
+
+    h, w = image.shape
+    shifted = np.zeros_like(image)
+    shifted[8:, 12:] = image[:-8, :-12]
+    return {
+        "mirrored": image[:, ::-1],
+        "crop5": image[
+            round(h * 0.025) : h - round(h * 0.025), round(w * 0.025) : w - round(w * 0.025)
+        ],
+        "crop5-top": image[round(h * 0.05) :, :],
+        "crop5-corner": image[round(h * 0.05) :, : w - round(w * 0.05)],
+        "pad20": np.pad(image, 20),
+        "pad20-white": np.pad(image, 20, constant_values=255),
+        "shifted": shifted,
+        "rotated3": ndimage.rotate(image, 3, reshape=False, order=1, mode="constant"),
+        "rotated-5": ndimage.rotate(image, -5, reshape=False, order=1, mode="constant"),
+        "brighter": np.clip(image.astype(int) + 25, 0, 255).astype(np.uint8),
+        "gamma": (255 * (image / 255.0) ** 0.7).astype(np.uint8),
+        "mirrored-cropped-padded": np.pad(image[:, ::-1][round(h * 0.05) :, :], 20),
+    }
+
+
+def test_edited_copies_of_locked_images_never_become_eligible(tmp_path):
+    """Mirrored, cropped, padded, shifted, rotated or re-toned copies of a locked image."""
+    source = Export(tmp_path / "source")
+    size = (192, 256)
+    for p in range(24):
+        source.add(f"c{p:03d}", image=textured_image(p, size), mask=disk_mask(size, (90, 120), 30),
+                   pathology="malignant" if p % 3 == 0 else "benign")  # fmt: skip
+    lock_testset([SourceSpec("folder", source.write())], tmp_path / "locked", fraction=0.3, seed=2)
+    locked = LockedTestSet(tmp_path / "locked")
+    victim = locked.image(locked.cases[0])
+    hospital = Export(tmp_path / "hospital")
+    for name, edited in _edits(victim).items():
+        mask = np.zeros(edited.shape, bool)
+        mask[
+            edited.shape[0] // 3 : edited.shape[0] // 2, edited.shape[1] // 3 : edited.shape[1] // 2
+        ] = True
+        hospital.add(name.replace("-", "")[:20] + "1", image=edited, mask=mask, patient_id=f"q{len(hospital.rows)}")  # fmt: skip
+    for p in range(12):  # distinct images stay eligible
+        hospital.add(f"other{p:02d}", image=textured_image(500 + p, size), mask=disk_mask(size, (90, 120), 30))  # fmt: skip
+    exclusion = Exclusion.load(tmp_path / "locked" / "exclusion.json")
+    ingest(
+        FOLDER(hospital.write()),
+        tmp_path / "reg",
+        site_id="site-h",
+        source="t",
+        exclusion=exclusion,
+    )
+    entries = {e.case.case_id: e for e in Registry(tmp_path / "reg").entries}
+    leaked = [
+        c
+        for c, e in entries.items()
+        if not c.startswith("other") and "locked-test-case" not in e.reasons
+    ]
+    assert leaked == [], leaked
+    assert all(entries[f"other{p:02d}"].eligible for p in range(12))
+
+
+@pytest.mark.realdata
+def test_real_images_edited_copies_caught_and_distinct_images_kept_apart(real_data):
+    """On the three real sites: trivial edits are caught, other sites' images never match.
+
+    The full measurement (100 images per site, 18 edits, 625,700 distinct pairs) is
+    ``python -m bench.registry --only-copies``; this is a small slice of it.
+    """
+    from scipy import ndimage
+
+    from data_registry.hashing import COPY_BITS, copy_poses, copy_probes, nearest_pose_bits
+    from data_registry.images import read_grey
+
+    paths = {
+        "busi": sorted(p for p in (real_data / "busi").rglob("*.png") if "_mask" not in p.name),
+        "bus_bra": sorted((real_data / "bus_bra" / "Images").glob("*.png")),
+        "breast": sorted(
+            p for p in (real_data / "breast_lesions_usg").rglob("case*.png") if "_" not in p.stem
+        ),
+    }
+    edits = {
+        "mirror": lambda a: a[:, ::-1],
+        "crop 5 % off the top": lambda a: a[round(a.shape[0] * 0.05) :],
+        "pad 20 px": lambda a: np.pad(a, 20),
+        "shift 12x8 px": lambda a: np.pad(a, ((8, 0), (12, 0)))[: a.shape[0], : a.shape[1]],
+        "rotate 3 deg": lambda a: ndimage.rotate(a, 3, reshape=False, order=1),
+        "brighter": lambda a: np.clip(a.astype(int) + 25, 0, 255).astype(np.uint8),
+    }
+    locked = {site: [read_grey(p) for p in found[::97][:8]] for site, found in paths.items()}
+    poses = {site: [copy_poses(a) for a in images] for site, images in locked.items()}
+    for site, images in locked.items():
+        for image, own in zip(images, poses[site], strict=True):
+            for name, edit in edits.items():
+                bits = nearest_pose_bits([copy_probes(edit(image))], list(own))[0]
+                assert bits <= COPY_BITS, (site, name, bits)
+    for site, found in paths.items():
+        probes = [copy_probes(read_grey(p)) for p in found[1::13]]
+        others = [h for other, lists in poses.items() if other != site for p in lists for h in p]
+        assert nearest_pose_bits(probes, others).min() > COPY_BITS, site
