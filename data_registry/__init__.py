@@ -13,7 +13,7 @@ from data_registry.exceptions import (
 )
 from data_registry.exclusion import Exclusion
 from data_registry.ingest import ingest
-from data_registry.registry import Entry, IngestSummary, Registry
+from data_registry.registry import Entry, IngestSummary, Registry, RegistrySettings
 from data_registry.schema import Case
 from data_registry.testset import LockedTestSet, SourceSpec, lock_testset
 
@@ -26,6 +26,7 @@ __all__ = [
     "LockedTestSet",
     "Registry",
     "RegistryError",
+    "RegistrySettings",
     "RegistryStateError",
     "SettingsError",
     "SourceError",

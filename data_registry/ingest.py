@@ -14,7 +14,7 @@ from tqdm import tqdm
 from data_registry import eligibility
 from data_registry.exceptions import RegistryStateError
 from data_registry.exclusion import Exclusion
-from data_registry.hashing import connected_groups, near_pairs
+from data_registry.hashing import connected_groups, copy_probes, near_pairs
 from data_registry.images import write_atomic
 from data_registry.importers.base import SourceCase
 from data_registry.intake import Admitted, Quarantined, admit
@@ -155,6 +155,14 @@ def _hints(new_entries: Sequence[Entry]) -> list[str]:
     ]
 
 
+def _previous_item(registry: Registry, entry: Entry, exclusion: Exclusion | None) -> _Item:
+    """A registered case; one registered before probes existed gets them from its stored image."""
+    probes = entry.probes
+    if not probes and exclusion is not None and exclusion.poses:
+        probes = copy_probes(registry.image(entry))
+    return _Item(entry.case, entry.phash, entry.added_in, probes)
+
+
 def _store(root: Path, admitted: Admitted) -> None:
     write_atomic(root / admitted.case.image, admitted.image_png, durable=False)
     if admitted.mask_png is not None:
@@ -208,9 +216,7 @@ def ingest(
         else:
             settings = RegistrySettings.load(registry_dir)
         items = (
-            [_Item(e.case, e.phash, e.added_in, e.probes) for e in previous.entries]
-            if previous
-            else []
+            [_previous_item(previous, e, exclusion) for e in previous.entries] if previous else []
         )
         known = {item.case.case_id: item.case.source_sha256 for item in items}
         position = {item.case.case_id: index for index, item in enumerate(items)}

@@ -569,3 +569,28 @@ def test_real_images_edited_copies_caught_and_distinct_images_kept_apart(real_da
         probes = [copy_probes(read_grey(p)) for p in found[1::13]]
         others = [h for other, lists in poses.items() if other != site for p in lists for h in p]
         assert nearest_pose_bits(probes, others).min() > COPY_BITS, site
+
+
+def test_a_registry_from_before_probes_gets_them_when_an_exclusion_list_arrives(tmp_path):
+    size = (192, 256)
+    source = Export(tmp_path / "source")
+    for p in range(12):
+        source.add(f"c{p:03d}", image=textured_image(p, size), mask=disk_mask(size, (90, 120), 30),
+                   pathology="malignant" if p % 3 == 0 else "benign")  # fmt: skip
+    lock_testset([SourceSpec("folder", source.write())], tmp_path / "locked", fraction=0.3, seed=2)
+    locked = LockedTestSet(tmp_path / "locked")
+    hospital = Export(tmp_path / "hospital")
+    hospital.add("mirror1", image=locked.image(locked.cases[0])[:, ::-1], mask=disk_mask(size))
+    hospital.add("other1", image=textured_image(700, size), mask=disk_mask(size))
+    registry = tmp_path / "reg"
+    ingest(FOLDER(hospital.write()), registry, site_id="site-h", source="t")
+    version = registry / "versions" / "v0001.json"
+    state = json.loads(version.read_text())
+    for entry in state["entries"]:
+        del entry["probes"]  # as written before probes existed
+    version.write_text(json.dumps(state))
+    exclusion = Exclusion.load(tmp_path / "locked" / "exclusion.json")
+    ingest(FOLDER(hospital.root), registry, site_id="site-h", source="t", exclusion=exclusion)
+    entries = {e.case.case_id: e for e in Registry(registry).entries}
+    assert "locked-test-case" in entries["mirror1"].reasons
+    assert entries["other1"].eligible
