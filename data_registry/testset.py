@@ -397,8 +397,12 @@ def dvc_lock_record(testset: Path, dvc_lock: Path) -> str | None:
 
 
 def verify_pinned(
-    testset: Path, expected_hash: str | None = None, *, dvc_lock: Path = Path("dvc.lock")
-) -> str:
+    testset: Path,
+    expected_hash: str | None = None,
+    *,
+    dvc_lock: Path = Path("dvc.lock"),
+    seal: bool = True,
+) -> str | None:
     """Verify a locked set against its seal and against a record the set cannot rewrite.
 
     The seal alone only shows the folder is self-consistent: whoever rewrites labels can rewrite
@@ -406,15 +410,33 @@ def verify_pinned(
     when ``dvc_lock`` records the folder, the folder must be exactly what DVC recorded. With
     neither, a warning on stderr says the set is unpinned.
 
+    Args:
+        testset: the locked set's folder.
+        expected_hash: the manifest hash it must have (``--testset-seal``), if known.
+        dvc_lock: the pipeline's lock file.
+        seal: False leaves a set that differs from its own seal to the caller (the release
+            gates report it as a failed gate); only a self-consistent set is then held to the
+            expected hash and ``dvc.lock``.
+
     Returns:
-        The manifest hash.
+        The manifest hash (None when ``seal`` is False and the set is not self-consistent).
 
     Raises:
         TestSetIntegrityError: the set differs from its seal, the expected hash or ``dvc.lock``.
     """
     import sys
 
-    digest = LockedTestSet(testset).verify(expected_hash)
+    if seal:
+        digest = LockedTestSet(testset).verify(expected_hash)
+    else:
+        try:
+            digest = LockedTestSet(testset).verify()
+        except TestSetIntegrityError:
+            return None
+        if expected_hash is not None and digest != expected_hash:
+            raise TestSetIntegrityError(
+                f"{testset}: manifest hash {digest[:12]}… is not the expected {expected_hash[:12]}…"
+            )
     recorded = dvc_lock_record(testset, Path(dvc_lock))
     if recorded is not None:
         actual = _dvc_dir_md5(Path(testset))

@@ -66,7 +66,7 @@ def _validate(args: argparse.Namespace) -> int:
     from release.protocol import load_protocol
 
     _release_errors()
-    verify_pinned(args.testset, args.testset_seal)  # a rewrite of labels + SEAL is refused
+    verify_pinned(args.testset, args.testset_seal, seal=False)  # a re-sealed rewrite is refused
     protocol = load_protocol(args.params)
     result = validate(
         args.candidate, args.testset, protocol, current=args.current, num_threads=args.threads
