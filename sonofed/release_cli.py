@@ -315,10 +315,13 @@ def _provision(args: argparse.Namespace) -> int:
 
 @handler
 def _update(args: argparse.Namespace) -> int:
-    from release.console_client import update
+    from release.console_client import Deadlines, update
 
     _release_errors()
-    result = update(args.dir, args.server)
+    if min(args.metadata_deadline, args.download_deadline) <= 0:
+        raise UserError("--metadata-deadline and --download-deadline must be positive seconds")
+    deadlines = Deadlines(metadata_s=args.metadata_deadline, target_s=args.download_deadline)
+    result = update(args.dir, args.server, deadlines=deadlines)
     if args.json:
         fields = ("previous", "installed", "action", "reason", "check", "target", "skipped")
         print_json({k: getattr(result, k) for k in fields})
@@ -510,6 +513,20 @@ def register_console(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--server", required=True, help="update server URL, e.g. http://127.0.0.1:8765")
     p.add_argument("--dir", type=Path, required=True, help="console folder")
+    p.add_argument(
+        "--metadata-deadline",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="total seconds allowed per metadata file (default 60)",
+    )
+    p.add_argument(
+        "--download-deadline",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="total seconds allowed for the release download (default 900)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_update)
 
