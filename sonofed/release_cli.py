@@ -35,7 +35,8 @@ def _release_params(path: Path) -> dict[str, Any]:
 
 
 def active_model_path(console_dir: Path) -> Path:
-    """The model bundle of a console folder's active slot (for ``console analyze --dir``).
+    """The model bundle of a console folder's active slot (for ``console analyze --dir``),
+    after checking the slot against its ``release.json``.
 
     Args:
         console_dir: a provisioned console folder.
@@ -44,15 +45,25 @@ def active_model_path(console_dir: Path) -> Path:
         The active release's model bundle folder.
 
     Raises:
-        UserError: the folder is not a console or has no model yet.
+        UserError: the folder is not a console, has no model yet, or its active model's files
+            differ from the release manifest (a changed model is never run).
     """
-    from release.exceptions import ConsoleError
+    from release.exceptions import ConsoleError, ReleaseError
+    from release.manifest import verify_release
     from release.slots import ConsoleFolder
 
     try:
-        return ConsoleFolder(console_dir).active_model()
+        folder = ConsoleFolder(console_dir)
+        release = folder.active_release()
+        verify_release(release)
     except ConsoleError as e:
         raise UserError(str(e)) from e
+    except ReleaseError as e:
+        raise UserError(
+            f"{release}: the active model does not match its release.json, so it is not run "
+            f"({e}); run `sonofed console rollback --dir {console_dir}` or update again"
+        ) from e
+    return folder.active_model()
 
 
 # --- vendor ----------------------------------------------------------------------------------
