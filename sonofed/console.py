@@ -27,15 +27,16 @@ def _analyser(args: argparse.Namespace):
     from models.exceptions import ModelError
 
     add_user_errors(ModelError)
-    if args.model is None and args.dir is None:
+    if (args.model is None) == (args.dir is None):
         raise UserError("give --model BUNDLE, or --dir CONSOLE_DIR to use its active model")
-    if args.model is None:
+    release = None
+    if args.model is None:  # the console's installed, signed release, verified just now
         from sonofed.release_cli import active_model_path
 
-        args.model = active_model_path(args.dir)
+        args.model, release = active_model_path(args.dir)
     if not args.model.is_dir():
         raise UserError(f"--model {args.model}: no such bundle folder")
-    return LesionAnalyser(args.model, num_threads=args.threads)
+    return LesionAnalyser(args.model, num_threads=args.threads, release_version=release)
 
 
 def _analyse_one(analyser, image_path: Path, seed, mode: str, case_id: str):

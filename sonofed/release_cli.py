@@ -34,7 +34,7 @@ def _release_params(path: Path) -> dict[str, Any]:
     return data.get("release") or {}
 
 
-def active_model_path(console_dir: Path) -> Path:
+def active_model_path(console_dir: Path) -> tuple[Path, str]:
     """The model bundle of a console folder's active slot (for ``console analyze --dir``),
     after checking the slot against its ``release.json``.
 
@@ -42,7 +42,7 @@ def active_model_path(console_dir: Path) -> Path:
         console_dir: a provisioned console folder.
 
     Returns:
-        The active release's model bundle folder.
+        The active release's model bundle folder, and the release's version.
 
     Raises:
         UserError: the folder is not a console, has no model yet, or its active model's files
@@ -55,7 +55,7 @@ def active_model_path(console_dir: Path) -> Path:
     try:
         folder = ConsoleFolder(console_dir)
         release = folder.active_release()
-        verify_release(release)
+        manifest = verify_release(release)
     except ConsoleError as e:
         raise UserError(str(e)) from e
     except ReleaseError as e:
@@ -63,7 +63,7 @@ def active_model_path(console_dir: Path) -> Path:
             f"{release}: the active model does not match its release.json, so it is not run "
             f"({e}); run `sonofed console rollback --dir {console_dir}` or update again"
         ) from e
-    return folder.active_model()
+    return folder.active_model(), manifest.version
 
 
 # --- vendor ----------------------------------------------------------------------------------
