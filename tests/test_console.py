@@ -173,3 +173,27 @@ def test_a_click_on_background_or_a_black_image_gets_no_verdict(tiny_world, lesi
         )  # fmt: skip
     page = (tmp_path / "single" / "report.html").read_text()
     assert "No lesion found at the click" in page
+
+
+def test_bad_seeds_and_duplicate_case_ids_are_error_lines(tiny_world, lesion, tmp_path):
+    image, seed = lesion
+    rows = [
+        ("first1", image, seed.x, seed.y),
+        ("inf1", image, "inf", seed.y),
+        ("nan1", image, seed.x, "nan"),
+        ("minus-inf1", image, "-inf", "-inf"),
+        ("huge1", image, "1e400", 3),
+        ("negative1", image, -5, 3),
+        ("first1", image, 2, 2),  # a duplicate id: must not overwrite the first one's report
+        ("last1", image, seed.x, seed.y),
+    ]
+    lines = _batch(tiny_world, tmp_path, rows)
+    assert [line["case_id"] for line in lines] == [row[0] for row in rows]
+    errors = [line.get("error", "") for line in lines]
+    assert not errors[0] and not errors[-1]
+    for error in errors[1:5]:
+        assert "finite" in error, errors
+    assert "outside" in errors[5]
+    assert "duplicate case_id 'first1' (first on line 2)" in errors[6]
+    first = json.loads((tmp_path / "results" / "first1" / "report.json").read_text())
+    assert first == {**lines[0], "mask_png": "mask.png"}  # latency_ms would differ otherwise
