@@ -273,7 +273,7 @@ def _lesion_html(report: LesionReport, overlay_png: bytes) -> str:
         "</p>"
     )
     if report.lesion_found:
-        finding = f'<p class="finding" id="finding">{html.escape(report.finding)}</p>'
+        finding = f'<p class="finding" id="finding">{html.escape(report.finding.capitalize())}</p>'
     else:
         finding = (
             f'<p class="finding none" id="finding"><strong>{html.escape(NO_LESION.capitalize())}'
@@ -310,7 +310,8 @@ def _lesion_html(report: LesionReport, overlay_png: bytes) -> str:
         else ""
     )
     image = _img(overlay_png, alt="image with the segmented region and the click")
-    return _page(f"Lesion report {report.case_id}", banner + finding + image + table + note)
+    body = banner + finding + note + image + table  # the note next to the finding, not below
+    return _page(f"Lesion report {report.case_id}", body)
 
 
 def _term(value: object) -> str:
