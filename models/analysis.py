@@ -4,6 +4,11 @@ Segmentation and the learned heads come from the ONNX network; the malignancy lo
 calibrated with the bundle's temperature, turned into a BI-RADS suggestion and a benign/malignant
 call at the chosen mode's threshold; each descriptor comes from the learned head or from the
 mask-and-image rules, whichever agreed better with radiologists on validation.
+
+No verdict without a lesion: when the predicted mask is not a plausible lesion under the click
+(:func:`models.verdict.lesion_at_click`), the report has ``lesion_found`` false and no
+probability, suggestion, category or descriptors. Every report names the model's release
+status (:func:`models.verdict.release_statement`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from data_registry.schema import Descriptors, Margin
 from models.bundle import MODEL_FILE, BundleMetadata, load_metadata
 from models.calibration import Mode, OperatingPoints, birads_for
 from models.descriptors import describe
-from models.exceptions import MaskError
+from models.exceptions import InferenceInputError, MaskError
 from models.inference import LesionOutput, OnnxLesionModel
+from models.verdict import governing_note, lesion_at_click, release_statement, worded
 
 MARGIN_TERMS = tuple(m.value for m in Margin if m is not Margin.CIRCUMSCRIBED)
 
@@ -76,11 +82,16 @@ def combine_descriptors(
 
 @dataclass(frozen=True)
 class LesionAnalysis:
-    """The console's answer for one click; ``report`` has the ``report.json`` fields."""
+    """The console's answer for one click; ``report`` has the ``report.json`` fields.
+
+    ``probability`` is the model's calibrated probability even when no lesion was found (the
+    report then shows none); release self-tests compare it.
+    """
 
     report: dict[str, Any]
     mask: np.ndarray
     output: LesionOutput
+    probability: float
 
 
 class LesionAnalyser:
@@ -89,14 +100,19 @@ class LesionAnalyser:
     Args:
         bundle: the model bundle folder.
         num_threads: onnxruntime threads.
+        release_version: the signed release this bundle was installed from and verified
+            against (None: an unreleased candidate, not for clinical use).
 
     Raises:
         BundleError: the bundle is incomplete or altered.
         InferenceError: the ONNX model cannot be loaded.
     """
 
-    def __init__(self, bundle: Path, num_threads: int = 2) -> None:
+    def __init__(
+        self, bundle: Path, num_threads: int = 2, *, release_version: str | None = None
+    ) -> None:
         self.bundle = Path(bundle)
+        self.release_status, self.release_statement = release_statement(release_version)
         self.metadata: BundleMetadata = load_metadata(self.bundle)
         self.model = OnnxLesionModel(self.bundle / MODEL_FILE, num_threads=num_threads)
         self.points = OperatingPoints.from_dict(self.metadata.operating_points)
@@ -120,17 +136,45 @@ class LesionAnalyser:
         """
         start = time.perf_counter()
         mode = Mode(mode)
+        try:
+            finite = len(seed) == 2 and all(math.isfinite(float(v)) for v in seed)
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise InferenceInputError(f"seed must be two finite numbers (x, y), got {seed!r}")
         output = self.model.analyze(image, seed)
         probability = self.probability(output.malignancy_logit)
-        descriptors = combine_descriptors(image, output, self.metadata.descriptor_sources)
+        check = lesion_at_click(output.mask, seed)
+        verdict: dict[str, Any] = {
+            "malignancy_probability": None,
+            "suggestion": None,
+            "birads": None,
+            "birads_note": None,
+            "descriptors": None,
+        }
+        if check.found:
+            call = self.points.suggest(probability, mode)
+            birads = birads_for(probability).value
+            threshold = self.points.point(mode).threshold
+            descriptors = combine_descriptors(image, output, self.metadata.descriptor_sources)
+            verdict = {
+                "malignancy_probability": round(probability, 6),
+                "suggestion": worded(call),
+                "birads": birads,
+                "birads_note": governing_note(call, birads, probability, mode.value, threshold),
+                "descriptors": descriptors.model_dump(mode="json"),
+            }
         report = {
             "case_id": case_id,
-            "malignancy_probability": round(probability, 6),
-            "suggestion": self.points.suggest(probability, mode),
+            "lesion_found": check.found,
+            "finding": check.finding,
+            **verdict,
             "mode": mode.value,
-            "birads": birads_for(probability).value,
-            "descriptors": descriptors.model_dump(mode="json"),
             "model_version": self.metadata.version,
+            "release_status": self.release_status,
+            "release_statement": self.release_statement,
             "latency_ms": round((time.perf_counter() - start) * 1000.0, 2),
         }
-        return LesionAnalysis(report=report, mask=output.mask, output=output)
+        return LesionAnalysis(
+            report=report, mask=output.mask, output=output, probability=probability
+        )

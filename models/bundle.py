@@ -80,6 +80,7 @@ def load_metadata(bundle: Path) -> BundleMetadata:
     except ValidationError as e:
         raise BundleError(f"{path}: invalid bundle metadata ({e.errors()[0]['loc']}: "
                           f"{e.errors()[0]['msg']})") from e  # fmt: skip
+    _check_listed(bundle, metadata)
     for name, digest in metadata.files.items():
         file = bundle / name
         if not file.is_file():
@@ -87,6 +88,18 @@ def load_metadata(bundle: Path) -> BundleMetadata:
         if sha256_of(file) != digest:
             raise BundleError(f"{bundle}: {name} does not match the sha256 in {METADATA_FILE}")
     return metadata
+
+
+def _check_listed(bundle: Path, metadata: BundleMetadata) -> None:
+    """``model.onnx`` must be listed with its hash, and so must ``weights.pt`` when present: an
+    empty or partial ``files`` map must not skip a check."""
+    required = [MODEL_FILE] + [WEIGHTS_FILE] * (bundle / WEIGHTS_FILE).exists()
+    missing = [name for name in required if name not in metadata.files]
+    if missing:
+        raise BundleError(
+            f"{bundle / METADATA_FILE}: files does not list {', '.join(missing)}; "
+            "every model file needs its sha256 there"
+        )
 
 
 def write_metadata(bundle: Path, metadata: BundleMetadata) -> Path:

@@ -8,6 +8,7 @@ is verified first and only scored, never used to choose anything.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -20,10 +21,12 @@ import torch
 from data_registry import LockedTestSet
 from models import evaluation
 from models.bundle import (
+    METADATA_FILE,
     MODEL_FILE,
     WEIGHTS_FILE,
     BundleError,
     BundleMetadata,
+    load_metadata,
     sha256_of,
     write_metadata,
 )
@@ -53,16 +56,34 @@ def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+NUMPY_GLOBALS = (
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
+)
+"""The only globals ``weights.pt`` may name: numpy arrays and their dtypes
+(``torch.load(weights_only=True)`` refuses anything else)."""
+
+
 def load_weights(bundle: Path) -> tuple[LesionNet, TrainConfig]:
     """The PyTorch network of a bundle (to continue training) and the config it was trained with.
 
+    The bundle's hashes are checked first (``weights.pt`` must be listed in its metadata), and
+    the weights are unpickled with ``weights_only=True`` (numpy arrays and plain values only),
+    so a planted or altered ``weights.pt`` never runs code.
+
     Raises:
-        BundleError: no readable ``weights.pt``.
+        BundleError: the bundle is altered, or ``weights.pt`` is missing, unlisted or unreadable.
     """
+    metadata = load_metadata(bundle)
+    if WEIGHTS_FILE not in metadata.files:
+        raise BundleError(f"{bundle}: {METADATA_FILE} does not list {WEIGHTS_FILE} with its sha256")
     path = Path(bundle) / WEIGHTS_FILE
     try:
-        saved = torch.load(path, weights_only=False)
-    except (FileNotFoundError, RuntimeError, EOFError) as e:
+        with torch.serialization.safe_globals(list(NUMPY_GLOBALS)):
+            saved = torch.load(path, weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise BundleError(f"{path}: cannot load the bundle's weights ({e})") from e
     config = config_from_dict(saved["config"])
     model = build_model(config)

@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from skimage.segmentation import find_boundaries
 from sklearn.metrics import roc_curve
 
@@ -34,6 +34,7 @@ from data_registry.schema import BiRads, Descriptors, Pseudonym, SeedPoint
 from models import metrics
 from models.calibration import Mode, OperatingPoints
 from models.exceptions import ReportError
+from models.verdict import NO_LESION, lesion_at_click
 
 INTENDED_USE = (
     "Research software, not a medical device. The suggestion supports and never replaces "
@@ -57,29 +58,58 @@ class LesionReport(BaseModel):
 
     Attributes:
         case_id: pseudonymous identifier of the case.
-        malignancy_probability: calibrated probability of malignancy.
-        suggestion: benign or malignant, at the mode's threshold.
+        lesion_found: whether the segmentation is a plausible lesion under the click
+            (:func:`models.verdict.lesion_at_click`); without one there is no verdict.
+        finding: one line: the lesion was found, or ``no lesion found at the click`` and why.
+        malignancy_probability: calibrated probability of malignancy (null without a lesion).
+        suggestion: ``possibly benign`` or ``possibly malignant`` at the mode's threshold
+            (null without a lesion).
+        birads_note: when the suggestion and the BI-RADS band seem to disagree, the sentence
+            saying that the category governs and why; else null.
         mode: the operating mode the suggestion was made in.
-        birads: suggested BI-RADS category.
-        descriptors: lexicon descriptors of the lesion.
-        lesion_area_px: lesion area in pixels.
+        birads: suggested BI-RADS category (null without a lesion).
+        descriptors: lexicon descriptors of the lesion (null without a lesion).
+        lesion_area_px: area of the segmented region in pixels.
         mask_png: file name of the mask, relative to the report's folder.
         model_version: version of the model that produced the result.
+        release_status: ``signed-release`` or ``unreleased-candidate``.
+        release_statement: ``signed release X`` or ``unreleased candidate: not for clinical
+            use``, shown at the top of the HTML report.
         latency_ms: time from the click to the result.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     case_id: Pseudonym
-    malignancy_probability: float = Field(ge=0.0, le=1.0)
-    suggestion: Literal["benign", "malignant"]
+    lesion_found: bool
+    finding: str = Field(min_length=1, max_length=400)
+    malignancy_probability: float | None = Field(ge=0.0, le=1.0)
+    suggestion: Literal["possibly benign", "possibly malignant"] | None
+    birads_note: str | None = None
     mode: Mode
-    birads: BiRads
-    descriptors: Descriptors
+    birads: BiRads | None
+    descriptors: Descriptors | None
     lesion_area_px: int = Field(ge=0)
     mask_png: str = Field(pattern=r"^[^/\\]+\.png$")
     model_version: str = Field(min_length=1, max_length=128)
+    release_status: Literal["signed-release", "unreleased-candidate"]
+    release_statement: str = Field(min_length=1, max_length=200)
     latency_ms: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _no_verdict_without_a_lesion(self) -> LesionReport:
+        verdict = (self.malignancy_probability, self.suggestion, self.birads, self.descriptors)
+        if self.lesion_found and any(v is None for v in verdict):
+            raise ValueError("a found lesion needs malignancy_probability, suggestion, birads")
+        if not self.lesion_found:
+            if any(v is not None for v in (*verdict, self.birads_note)):
+                raise ValueError("no verdict without a lesion: probability, suggestion, "
+                                 "birads, birads_note and descriptors must be null")  # fmt: skip
+            if not self.finding.startswith(NO_LESION):
+                raise ValueError(f"finding must say {NO_LESION!r}")
+        if self.lesion_found and self.lesion_area_px == 0:
+            raise ValueError("lesion_found with an empty mask")
+        return self
 
 
 class _Evaluation(BaseModel):
@@ -114,21 +144,24 @@ def write_lesion_report(
         image: the B-mode image, 2-D uint8.
         mask: the lesion mask, same shape (non-zero = lesion).
         seed: the radiologist's click, as a :class:`SeedPoint` or ``(x, y)``.
-        result: ``case_id``, ``malignancy_probability``, ``suggestion``, ``mode``, ``birads``,
-            ``descriptors`` (a :class:`Descriptors` or a dict of its fields),
-            ``model_version`` and ``latency_ms``. ``lesion_area_px`` and ``mask_png`` are
-            filled in here.
+        result: the :class:`LesionReport` fields but ``lesion_area_px`` and ``mask_png``
+            (filled in here), as :meth:`models.analysis.LesionAnalyser.analyze` returns them;
+            ``descriptors`` may be a :class:`Descriptors` or a dict of its fields.
 
     Returns:
         Paths by kind: ``json``, ``html``, ``overlay``, ``mask``.
 
     Raises:
-        ReportError: the image is not 2-D uint8, the mask or seed does not fit it, or the
-            result does not validate against :class:`LesionReport`.
+        ReportError: the image is not 2-D uint8, the mask or seed does not fit it, the result
+            claims a lesion the mask does not show at the click, or it does not validate
+            against :class:`LesionReport`.
     """
     pixels, lesion, point = _check_inputs(image, mask, seed)
     if {"lesion_area_px", "mask_png"} & set(result):
         raise ReportError("result must not set lesion_area_px or mask_png; they are computed here")
+    check = lesion_at_click(lesion, point)
+    if result.get("lesion_found") and not check.found:  # no verdict without a lesion
+        raise ReportError(f"the result claims a lesion, but {check.reason}")
     try:
         report = LesionReport.model_validate(
             {**result, "lesion_area_px": int(lesion.sum()), "mask_png": MASK_PNG}
@@ -232,23 +265,52 @@ def _overlay(
 
 
 def _lesion_html(report: LesionReport, overlay_png: bytes) -> str:
-    d = report.descriptors
-    rows = [
+    signed = report.release_status == "signed-release"
+    banner = (
+        f'<p class="release {"signed" if signed else "candidate"}" id="release-status">'
+        f"Model: {html.escape(report.release_statement)}"
+        f"{'' if signed else ' (this model has not been released; do not act on its output)'}"
+        "</p>"
+    )
+    if report.lesion_found:
+        finding = f'<p class="finding" id="finding">{html.escape(report.finding.capitalize())}</p>'
+    else:
+        finding = (
+            f'<p class="finding none" id="finding"><strong>{html.escape(NO_LESION.capitalize())}'
+            f"</strong>: {html.escape(report.finding.removeprefix(NO_LESION + ': '))}. No "
+            "probability, suggestion or BI-RADS category is given.</p>"
+        )
+    rows: list[tuple[str, str]] = [
         ("Case", report.case_id),
-        ("Probability of malignancy", f"{100 * report.malignancy_probability:.1f} %"),
-        ("Suggestion", f"{report.suggestion} ({report.mode.value} mode)"),
-        ("BI-RADS suggestion", report.birads.value),
-        ("Shape", _term(d.shape)),
-        ("Orientation", _term(d.orientation)),
-        ("Margin", ", ".join(m.value for m in d.margin) or "unknown"),
-        ("Echo pattern", _term(d.echo_pattern)),
-        ("Posterior features", _term(d.posterior_features)),
-        ("Lesion area", f"{report.lesion_area_px} px"),
+        ("Lesion found", "yes" if report.lesion_found else "no"),
+    ]
+    if report.lesion_found:
+        d = report.descriptors or Descriptors()
+        probability = report.malignancy_probability or 0.0
+        rows += [
+            ("Probability of malignancy", f"{100 * probability:.1f} %"),
+            ("Suggestion", f"{report.suggestion} ({report.mode.value} mode)"),
+            ("BI-RADS suggestion", report.birads.value if report.birads else "—"),
+            ("Shape", _term(d.shape)),
+            ("Orientation", _term(d.orientation)),
+            ("Margin", ", ".join(m.value for m in d.margin) or "unknown"),
+            ("Echo pattern", _term(d.echo_pattern)),
+            ("Posterior features", _term(d.posterior_features)),
+        ]
+    rows += [
+        ("Segmented area", f"{report.lesion_area_px} px"),
         ("Model version", report.model_version),
+        ("Release status", report.release_statement),
         ("Latency", f"{report.latency_ms:.0f} ms"),
     ]
     table = _table(["", ""], [[k, v] for k, v in rows], show_header=False)
-    body = _img(overlay_png, alt="image with the lesion contour and the seed") + table
+    note = (
+        f'<p class="note" id="birads-note">{html.escape(report.birads_note)}</p>'
+        if report.birads_note
+        else ""
+    )
+    image = _img(overlay_png, alt="image with the segmented region and the click")
+    body = banner + finding + note + image + table  # the note next to the finding, not below
     return _page(f"Lesion report {report.case_id}", body)
 
 
@@ -360,6 +422,11 @@ _STYLE = (
     "table{border-collapse:collapse;margin:1em 0}"
     "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}"
     "th{background:#eee}.use{border-left:4px solid #c80;padding:.5em;background:#fff8e8}"
+    ".release{font-size:1.3em;font-weight:bold;padding:.5em;border:2px solid}"
+    ".signed{color:#064;border-color:#064;background:#eefaf2}"
+    ".candidate{color:#a00;border-color:#a00;background:#fff0f0}"
+    ".finding{font-size:1.2em}.none{color:#a00}"
+    ".note{border-left:4px solid #06c;padding:.5em;background:#eef4ff}"
 )
 
 

@@ -6,6 +6,11 @@ newest release this console may take, downloads it (length and sha256 checked ag
 signed targets metadata), unpacks it next to the running model, checks its manifest and
 compatibility, runs its self-test, and only then switches (:mod:`release.slots`).
 
+Every download has a total deadline (:mod:`release._fetch`), so a server that trickles bytes
+cannot hold an update for longer than that. The refresh and the download run under the
+update lock only; the console lock, which ``rollback`` needs, is taken just for the install and
+the switch, so a rollback never waits behind a download.
+
 Which release: in this console's channel, newer than anything it ever installed (anti-rollback),
 for its hardware model, needing no newer console software, and rolled out to its bucket
 (``sha256(console id) mod 100 < rollout percent``). Every refusal names its check.
@@ -30,12 +35,13 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from release import semver
 from release._faults import crashpoint
+from release._fetch import METADATA_DEADLINE_S, TARGET_DEADLINE_S, DeadlineFetcher
 from release._files import write_atomic
 from release.exceptions import (
+    ConsoleBusyError,
     ConsoleError,
     DownloadFailedError,
     InstallError,
@@ -50,6 +56,8 @@ from release.selftest import SelfTestResult, run_self_test
 from release.slots import IDENTITY, TRUSTED_ROOT, TUF_DIR, ConsoleFolder, ConsoleIdentity
 
 FALLBACK_SOFTWARE_VERSION = "0.1.0"
+INSTALL_WAIT_S = 120.0
+"""How long a finished download waits for a running rollback before installing."""
 Action = Literal["installed", "up-to-date", "refused"]
 
 
@@ -230,6 +238,8 @@ def _refusal(error: Exception, stage: str) -> UpdateError:
         return TargetIntegrityError(
             f"{stage}: length or hash differs from the signed metadata: {error}", check
         )
+    if isinstance(error, tuf_errors.SlowRetrievalError):
+        return DownloadFailedError(f"{stage}: download too slow, given up: {error}")
     if isinstance(error, tuf_errors.DownloadHTTPError):
         return DownloadFailedError(f"{stage}: server answered HTTP {error.status_code}: {error}")
     if isinstance(error, tuf_errors.DownloadError | urllib3.exceptions.HTTPError):
@@ -281,10 +291,25 @@ class UpdateResult:
         return asdict(self)
 
 
-def _updater(folder: ConsoleFolder, server: str, fetcher: FetcherInterface | None) -> Updater:
+@dataclass(frozen=True)
+class Deadlines:
+    """Total seconds allowed for one metadata file and for one release archive."""
+
+    metadata_s: float = METADATA_DEADLINE_S
+    target_s: float = TARGET_DEADLINE_S
+
+
+def _updater(
+    folder: ConsoleFolder, server: str, fetcher: FetcherInterface | None, deadlines: Deadlines
+) -> Updater:
     base = server.rstrip("/")
     agent = f"sonofed-console/{console_software_version()} ({folder.identity.console_id})"
-    fetcher = fetcher or Urllib3Fetcher(socket_timeout=15, app_user_agent=agent)
+    fetcher = fetcher or DeadlineFetcher(
+        f"{base}/targets/",
+        metadata_deadline_s=deadlines.metadata_s,
+        target_deadline_s=deadlines.target_s,
+        user_agent=agent,
+    )
     return Updater(
         metadata_dir=str(folder.tuf_dir),
         metadata_base_url=f"{base}/metadata/",
@@ -322,43 +347,53 @@ def update(
     software_version: str | None = None,
     fetcher: FetcherInterface | None = None,
     self_test: Callable[[Path], SelfTestResult] = run_self_test,
+    deadlines: Deadlines | None = None,
 ) -> UpdateResult:
     """Refresh the TUF metadata, choose, download, install, self-test and switch.
 
     A refusal is a result (``action == "refused"`` with its ``check``), not an exception:
-    the console keeps running its model either way.
+    the console keeps running its model either way. The metadata refresh and the download hold
+    only the update lock; the console lock (shared with ``rollback``) is held for the install
+    and the switch.
 
     Args:
         folder_path: the provisioned console folder.
         server: the update server's base URL (``http://127.0.0.1:8765``).
         software_version: this console's software version (default: the installed one).
-        fetcher: a python-tuf fetcher (default: urllib3 with a 15 s timeout).
+        fetcher: a python-tuf fetcher (default: :class:`release._fetch.DeadlineFetcher`).
         self_test: runs a release's reference cases (default :func:`run_self_test`).
+        deadlines: total seconds per metadata file and per target (default :class:`Deadlines`).
 
     Returns:
         The result, also recorded as ``last_update`` in the console state.
 
     Raises:
         NotProvisionedError: the folder is not a console.
-        ConsoleBusyError: another update or rollback is running.
+        ConsoleBusyError: another update is running, or a rollback holds the console lock.
     """
     folder = ConsoleFolder(folder_path)
     software = software_version or console_software_version()
-    with folder.locked():
-        folder.recover()
-        state = folder.state()
+    with folder.updating():
+        with folder.locked():
+            folder.recover()
+            state = folder.state()
         previous = state.slots[state.active].version if state.active else None
         try:
-            result = _update(folder, server, software, fetcher, self_test, previous)
+            result = _update(
+                folder, server, software, fetcher, self_test, previous, deadlines or Deadlines()
+            )
         except UpdateError as e:
             result = UpdateResult(previous, previous, "refused", str(e), e.check)
+        except ConsoleBusyError as e:
+            result = UpdateResult(previous, previous, "refused", str(e), "console-busy")
         except (ReleaseError, OSError) as e:  # e.g. a malformed manifest, a full disk
             result = UpdateResult(
                 previous, previous, "refused", f"{type(e).__name__}: {e}", "install"
             )
         finally:
-            folder.recover()
-        _record(folder, result)
+            folder.clear_downloads()
+        with contextlib.suppress(ConsoleBusyError), folder.locked(wait_s=INSTALL_WAIT_S):
+            _record(folder, result)
     return result
 
 
@@ -369,10 +404,11 @@ def _update(
     fetcher: FetcherInterface | None,
     self_test: Callable[[Path], SelfTestResult],
     previous: str | None,
+    deadlines: Deadlines,
 ) -> UpdateResult:
     state = folder.state()
     try:
-        updater = _updater(folder, server, fetcher)
+        updater = _updater(folder, server, fetcher, deadlines)
         updater.refresh()
         targets = _verified_targets(updater, folder)
     except _TUF_ERRORS as e:
@@ -400,15 +436,18 @@ def _update(
     except _TUF_ERRORS as e:
         raise _refusal(e, "download") from e
     crashpoint("downloaded")
-    record, _ = folder.install(
-        download,
-        target_path=choice.path,
-        target_sha256=info.hashes["sha256"],
-        custom=choice.custom,
-        software_version=software,
-        self_test=self_test,
-    )
-    reason = f"installed {record.version} into slot {folder.state().active}" + (
+    with folder.locked(wait_s=INSTALL_WAIT_S):  # a rollback may have run meanwhile
+        current = folder.state()
+        previous = current.slots[current.active].version if current.active else None
+        record, after = folder.install(
+            download,
+            target_path=choice.path,
+            target_sha256=info.hashes["sha256"],
+            custom=choice.custom,
+            software_version=software,
+            self_test=self_test,
+        )
+    reason = f"installed {record.version} into slot {after.active}" + (
         f"; kept {previous} for rollback" if previous else ""
     )
     return UpdateResult(previous, record.version, "installed", reason, None, choice.path, skipped)

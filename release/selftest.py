@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from data_registry.exceptions import ImageError
 from data_registry.images import encode_png, read_grey, seed_point
 from models.analysis import LesionAnalyser
-from models.calibration import BIRADS_BANDS, Mode, OperatingPoints
+from models.calibration import BIRADS_BANDS, Mode, OperatingPoints, birads_for
 from models.exceptions import ModelError
 from models.metrics import dice
 from release._files import write_atomic
@@ -54,9 +54,10 @@ class Expected(BaseModel):
     malignancy_probability: float = Field(ge=0.0, le=1.0)
     birads: str
     suggestions: dict[str, str]
-    descriptors: dict[str, Any]
+    descriptors: dict[str, Any] | None
     mask: str
     lesion_area_px: int = Field(ge=0)
+    lesion_found: bool | None = None
 
 
 class ReferenceCase(BaseModel):
@@ -98,14 +99,16 @@ def _render_cases(count: int, seed: int) -> list[tuple[str, str, np.ndarray, np.
 
 
 def _analyse(analyser: LesionAnalyser, image: np.ndarray, click: tuple[int, int]) -> dict:
-    """One analysis, and every mode's suggestion at the shipped thresholds."""
+    """One analysis, and every mode's suggestion at the shipped thresholds (from the model's
+    probability, also where the report withholds it because no lesion was found)."""
     result = analyser.analyze(image, click, mode=Mode.HIGH_ACCURACY)
-    probability = result.report["malignancy_probability"]
+    probability = round(result.probability, 6)
     return {
         "malignancy_probability": probability,
-        "birads": result.report["birads"],
+        "birads": birads_for(probability).value,
         "suggestions": {m.value: analyser.points.suggest(probability, m) for m in Mode},
         "descriptors": result.report["descriptors"],
+        "lesion_found": result.report["lesion_found"],
         "mask": result.mask,
     }
 
@@ -148,6 +151,7 @@ def make_reference_cases(
                 descriptors=output["descriptors"],
                 mask=f"{SELFTEST_DIR}/{case_id}-mask.png",
                 lesion_area_px=int(np.count_nonzero(output["mask"])),
+                lesion_found=output["lesion_found"],
             )
             cases.append(
                 ReferenceCase(
@@ -246,6 +250,8 @@ def _check_case(
         for mode, suggestion in exp.suggestions.items():
             if got["suggestions"].get(mode) != suggestion:
                 problems.append(f"{mode} suggestion {got['suggestions'].get(mode)} vs {suggestion}")
+    if exp.lesion_found is not None and got["lesion_found"] != exp.lesion_found:
+        problems.append(f"lesion found {got['lesion_found']} vs expected {exp.lesion_found}")
     if overlap >= tol.descriptor_dice_min and got["descriptors"] != exp.descriptors:
         problems.append("descriptors differ from the expected ones")
     return CaseCheck(case.case_id, not problems, p, p_exp, float(overlap), tuple(problems))

@@ -9,7 +9,8 @@ Layout::
     DIR/slots/a, DIR/slots/b  two release folders: the active one and the previous one
     DIR/slots/.staging      an update being unpacked and self-tested
     DIR/downloads/          verified downloads waiting to be unpacked
-    DIR/.lock               held by update and rollback
+    DIR/.lock               held by install, switch and rollback
+    DIR/.update.lock        held by an update from start to end (downloads included)
 
 ``state.json`` is the single commit point: it is replaced with ``os.replace`` after the new
 release is unpacked, verified and self-tested, and a slot is listed in it only while complete.
@@ -27,6 +28,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -197,18 +199,33 @@ class ConsoleFolder:
     # --- locking and recovery ----------------------------------------------------------------
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the console's lock (update and rollback); the kernel drops it if we die.
+    def locked(self, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the console lock (install, switch and rollback); the kernel drops it if we die.
+
+        Args:
+            wait_s: how long to wait for it (0: refuse at once when it is held).
 
         Raises:
             ConsoleBusyError: another process holds it.
         """
-        with open(self.root / ".lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise ConsoleBusyError(f"{self.root}: another update or rollback is running") from e
+        with _flock(self.root / ".lock", wait_s, f"{self.root}: an install or rollback is running"):
             yield
+
+    @contextmanager
+    def updating(self) -> Iterator[None]:
+        """Hold the update lock (one update at a time; rollback does not need it).
+
+        Raises:
+            ConsoleBusyError: another update is running.
+        """
+        with _flock(self.root / ".update.lock", 0.0, f"{self.root}: another update is running"):
+            yield
+
+    def clear_downloads(self) -> None:
+        """Remove the downloads folder's contents (call with the update lock held)."""
+        if self.downloads.is_dir():
+            for path in sorted(self.downloads.iterdir()):
+                remove_tree(path)
 
     def recover(self) -> list[str]:
         """Remove what an interrupted update left behind (call with the lock held).
@@ -360,6 +377,22 @@ class ConsoleFolder:
         new_state = state.model_copy(update={"active": previous})
         self.save_state(new_state)
         return new_state
+
+
+@contextmanager
+def _flock(path: Path, wait_s: float, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``, waiting up to ``wait_s`` seconds for it."""
+    deadline = time.monotonic() + wait_s
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as e:
+                if time.monotonic() >= deadline:
+                    raise ConsoleBusyError(busy) from e
+                time.sleep(0.05)
+        yield
 
 
 def check_contents(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ MODES = ("high-sensitivity", "high-accuracy", "high-specificity")
 
 def _parse_seed(text: str) -> tuple[int, int]:
     try:
-        x, y = (round(float(v)) for v in text.split(","))
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected X,Y in pixels, got {text!r}") from None
-    return x, y
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected X,Y in pixels as two finite numbers, got {text!r}"
+        )
+    return round(values[0]), round(values[1])
 
 
 def _analyser(args: argparse.Namespace):
@@ -27,15 +32,16 @@ def _analyser(args: argparse.Namespace):
     from models.exceptions import ModelError
 
     add_user_errors(ModelError)
-    if args.model is None and args.dir is None:
+    if (args.model is None) == (args.dir is None):
         raise UserError("give --model BUNDLE, or --dir CONSOLE_DIR to use its active model")
-    if args.model is None:
+    release = None
+    if args.model is None:  # the console's installed, signed release, verified just now
         from sonofed.release_cli import active_model_path
 
-        args.model = active_model_path(args.dir)
+        args.model, release = active_model_path(args.dir)
     if not args.model.is_dir():
         raise UserError(f"--model {args.model}: no such bundle folder")
-    return LesionAnalyser(args.model, num_threads=args.threads)
+    return LesionAnalyser(args.model, num_threads=args.threads, release_version=release)
 
 
 def _analyse_one(analyser, image_path: Path, seed, mode: str, case_id: str):
@@ -85,10 +91,17 @@ def _batch(analyser, args: argparse.Namespace) -> int:
     rows = _read_manifest(args.manifest)
     reports_dir = args.out.with_suffix("")
     failures = 0
+    first_line: dict[str, int] = {}
     with open(args.out, "w") as sink:
         for line_no, row in rows:
             line: dict[str, Any] = {"case_id": row.get("case_id") or f"line{line_no}"}
             try:
+                seen = first_line.setdefault(line["case_id"], line_no)
+                if seen != line_no:  # never overwrite the first case's report
+                    raise UserError(
+                        f"duplicate case_id {line['case_id']!r} (first on line {seen}); "
+                        "not analysed"
+                    )
                 seed = _parse_seed(f"{row['seed_x']},{row['seed_y']}")
                 image_path = (args.manifest.parent / row["image"]).resolve()
                 analysis, image = _analyse_one(

@@ -34,25 +34,36 @@ def _release_params(path: Path) -> dict[str, Any]:
     return data.get("release") or {}
 
 
-def active_model_path(console_dir: Path) -> Path:
-    """The model bundle of a console folder's active slot (for ``console analyze --dir``).
+def active_model_path(console_dir: Path) -> tuple[Path, str]:
+    """The model bundle of a console folder's active slot (for ``console analyze --dir``),
+    after checking the slot against its ``release.json``.
 
     Args:
         console_dir: a provisioned console folder.
 
     Returns:
-        The active release's model bundle folder.
+        The active release's model bundle folder, and the release's version.
 
     Raises:
-        UserError: the folder is not a console or has no model yet.
+        UserError: the folder is not a console, has no model yet, or its active model's files
+            differ from the release manifest (a changed model is never run).
     """
-    from release.exceptions import ConsoleError
+    from release.exceptions import ConsoleError, ReleaseError
+    from release.manifest import verify_release
     from release.slots import ConsoleFolder
 
     try:
-        return ConsoleFolder(console_dir).active_model()
+        folder = ConsoleFolder(console_dir)
+        release = folder.active_release()
+        manifest = verify_release(release)
     except ConsoleError as e:
         raise UserError(str(e)) from e
+    except ReleaseError as e:
+        raise UserError(
+            f"{release}: the active model does not match its release.json, so it is not run "
+            f"({e}); run `sonofed console rollback --dir {console_dir}` or update again"
+        ) from e
+    return folder.active_model(), manifest.version
 
 
 # --- vendor ----------------------------------------------------------------------------------
@@ -317,10 +328,13 @@ def _provision(args: argparse.Namespace) -> int:
 
 @handler
 def _update(args: argparse.Namespace) -> int:
-    from release.console_client import update
+    from release.console_client import Deadlines, update
 
     _release_errors()
-    result = update(args.dir, args.server)
+    if min(args.metadata_deadline, args.download_deadline) <= 0:
+        raise UserError("--metadata-deadline and --download-deadline must be positive seconds")
+    deadlines = Deadlines(metadata_s=args.metadata_deadline, target_s=args.download_deadline)
+    result = update(args.dir, args.server, deadlines=deadlines)
     if args.json:
         fields = ("previous", "installed", "action", "reason", "check", "target", "skipped")
         print_json({k: getattr(result, k) for k in fields})
@@ -516,6 +530,20 @@ def register_console(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--server", required=True, help="update server URL, e.g. http://127.0.0.1:8765")
     p.add_argument("--dir", type=Path, required=True, help="console folder")
+    p.add_argument(
+        "--metadata-deadline",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="total seconds allowed per metadata file (default 60)",
+    )
+    p.add_argument(
+        "--download-deadline",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="total seconds allowed for the release download (default 900)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_update)
 

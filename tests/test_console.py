@@ -15,8 +15,9 @@ from data_registry.registry import Registry
 from models.report import LesionReport
 
 REPORT_KEYS = {
-    "case_id", "malignancy_probability", "suggestion", "mode", "birads", "descriptors",
-    "lesion_area_px", "mask_png", "model_version", "latency_ms",
+    "case_id", "lesion_found", "finding", "malignancy_probability", "suggestion", "birads_note",
+    "mode", "birads", "descriptors", "lesion_area_px", "mask_png", "model_version",
+    "release_status", "release_statement", "latency_ms",
 }  # fmt: skip
 
 
@@ -46,14 +47,22 @@ def test_analyze_writes_the_report_contract(tiny_world, lesion, tmp_path):
     LesionReport.model_validate(report)
     assert report["mode"] == "high-sensitivity" and report["case_id"] == "c42"
     assert report["model_version"] == "1.0.0"
-    assert set(report["descriptors"]) == {
-        "shape", "orientation", "margin", "echo_pattern", "posterior_features",
-    }  # fmt: skip
+    assert report["release_status"] == "unreleased-candidate"  # a bundle given with --model
+    assert report["release_statement"] == "unreleased candidate: not for clinical use"
+    if report["lesion_found"]:
+        assert set(report["descriptors"]) == {
+            "shape", "orientation", "margin", "echo_pattern", "posterior_features",
+        }  # fmt: skip
+        assert report["suggestion"] in ("possibly benign", "possibly malignant")
+    else:  # the session's barely trained model segments nothing: no verdict then
+        assert report["finding"].startswith("no lesion found at the click")
+        assert report["malignancy_probability"] is report["birads"] is report["suggestion"] is None
     for name in ("report.html", "overlay.png", report["mask_png"]):
         assert (tmp_path / "r" / name).is_file()
     mask = np.asarray(Image.open(tmp_path / "r" / report["mask_png"]))
     assert int((mask > 0).sum()) == report["lesion_area_px"]
-    assert "not a medical device" in (tmp_path / "r" / "report.html").read_text()
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "not a medical device" in page and "unreleased candidate: not for clinical use" in page
 
 
 def test_batch_goes_on_past_bad_cases(tiny_world, lesion, tmp_path):
@@ -110,7 +119,7 @@ def test_console_analysis_does_not_import_torch(tiny_world, lesion, tmp_path):
         f"img = np.asarray(Image.open(r'{image}'))\n"
         f"out = a.analyze(img, ({seed.x}, {seed.y}))\n"
         "assert 'torch' not in sys.modules, 'console analysis imported torch'\n"
-        "print(out.report['malignancy_probability'])\n"
+        "print(out.probability)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -129,3 +138,62 @@ def test_a_changed_model_file_is_refused(tiny_world, tmp_path):
         handle.write(b"\0")
     with pytest.raises(BundleError, match=r"model\.onnx does not match"):
         LesionAnalyser(bundle)
+
+
+def _batch(tiny_world, tmp_path, rows) -> list[dict]:
+    with open(tmp_path / "cases.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "image", "seed_x", "seed_y"])
+        writer.writerows(rows)
+    result = _sonofed(
+        "console", "analyze", "--model", tiny_world.bundle,
+        "--manifest", tmp_path / "cases.csv", "--out", tmp_path / "results.jsonl",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+
+
+def test_a_click_on_background_or_a_black_image_gets_no_verdict(tiny_world, lesion, tmp_path):
+    image, _ = lesion
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(tmp_path / "black.png")
+    result = _sonofed(
+        "console", "analyze", "--model", tiny_world.bundle, "--image", tmp_path / "black.png",
+        "--seed", "64,64", "--out", tmp_path / "single",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    single = json.loads((tmp_path / "single" / "report.json").read_text())
+    lines = _batch(tiny_world, tmp_path, [("black1", tmp_path / "black.png", 64, 64),
+                                          ("corner1", image, 2, 2)])  # fmt: skip
+    for report in (single, *lines):
+        assert report["lesion_found"] is False, report
+        assert report["finding"].startswith("no lesion found at the click")
+        assert (report["malignancy_probability"], report["suggestion"], report["birads"]) == (
+            None, None, None,
+        )  # fmt: skip
+    page = (tmp_path / "single" / "report.html").read_text()
+    assert "No lesion found at the click" in page
+
+
+def test_bad_seeds_and_duplicate_case_ids_are_error_lines(tiny_world, lesion, tmp_path):
+    image, seed = lesion
+    rows = [
+        ("first1", image, seed.x, seed.y),
+        ("inf1", image, "inf", seed.y),
+        ("nan1", image, seed.x, "nan"),
+        ("minus-inf1", image, "-inf", "-inf"),
+        ("huge1", image, "1e400", 3),
+        ("negative1", image, -5, 3),
+        ("first1", image, 2, 2),  # a duplicate id: must not overwrite the first one's report
+        ("last1", image, seed.x, seed.y),
+    ]
+    lines = _batch(tiny_world, tmp_path, rows)
+    assert [line["case_id"] for line in lines] == [row[0] for row in rows]
+    errors = [line.get("error", "") for line in lines]
+    assert not errors[0] and not errors[-1]
+    for error in errors[1:5]:
+        assert "finite" in error, errors
+    assert "outside" in errors[5]
+    assert "duplicate case_id 'first1' (first on line 2)" in errors[6]
+    first = json.loads((tmp_path / "results" / "first1" / "report.json").read_text())
+    assert first == {**lines[0], "mask_png": "mask.png"}  # latency_ms would differ otherwise

@@ -397,7 +397,13 @@ def test_cli_update_json_rollback_status_and_analyze_without_torch(
     )
     assert done.returncode == 0, done.stderr
     assert "NO-TORCH-OK" in done.stdout
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["model_version"] == "1.1.0"
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["model_version"] == "1.1.0"
+    assert (report["release_status"], report["release_statement"]) == (
+        "signed-release",
+        "signed release 1.1.0",
+    )  # the installed, verified release, named as such (issue 13, item 15)
+    assert "Model: signed release 1.1.0" in (tmp_path / "report" / "report.html").read_text()
     gone = _cli("console", "rollback", "--dir", str(console))
     assert gone.returncode == 2 and "no previous model" in gone.stderr
 

@@ -18,14 +18,19 @@ from models.exceptions import ReportError
 
 LESION_KEYS = {
     "case_id",
+    "lesion_found",
+    "finding",
     "malignancy_probability",
     "suggestion",
+    "birads_note",
     "mode",
     "birads",
     "descriptors",
     "lesion_area_px",
     "mask_png",
     "model_version",
+    "release_status",
+    "release_statement",
     "latency_ms",
 }
 
@@ -43,12 +48,16 @@ def lesion() -> tuple[np.ndarray, np.ndarray]:
 def _result(image: np.ndarray, mask: np.ndarray, **changes: object) -> dict:
     return {
         "case_id": "console-0001",
+        "lesion_found": True,
+        "finding": "lesion found at the click",
         "malignancy_probability": 0.34,
-        "suggestion": "malignant",
+        "suggestion": "possibly malignant",
         "mode": "high-sensitivity",
         "birads": "4B",
         "descriptors": describe(image, mask),
         "model_version": "1.2.0",
+        "release_status": "signed-release",
+        "release_statement": "signed release 1.2.0",
         "latency_ms": 41.5,
         **changes,
     }
@@ -101,11 +110,27 @@ def test_lesion_report_json_schema_forbids_extra_keys(tmp_path: Path, lesion) ->
     [
         ({"surprise": 1}, (80, 60)),
         ({"suggestion": "probably"}, (80, 60)),
+        ({"suggestion": "malignant"}, (80, 60)),
+        ({"birads": None}, (80, 60)),
+        ({"release_status": "released"}, (80, 60)),
+        ({"lesion_found": False}, (80, 60)),
+        ({}, (5, 5)),
         ({"mode": "balanced"}, (80, 60)),
         ({"lesion_area_px": 3}, (80, 60)),
         ({}, (500, 60)),
     ],
-    ids=["unknown-key", "suggestion", "mode", "computed-key", "seed-outside"],
+    ids=[
+        "unknown-key",
+        "suggestion",
+        "bare-suggestion",
+        "lesion-without-birads",
+        "release-status",
+        "verdict-without-lesion",
+        "click-outside-the-lesion",
+        "mode",
+        "computed-key",
+        "seed-outside",
+    ],
 )
 def test_lesion_report_refuses_bad_results(
     tmp_path: Path, lesion, changes: dict, seed: tuple[int, int]
