@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ class LesionAnalysis:
     report: dict[str, Any]
     mask: np.ndarray
     output: LesionOutput
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage: the network's (``preprocess``, ``network``, ``postprocess``),
+    then ``descriptors`` and ``report``."""
 
 
 class LesionAnalyser:
@@ -122,7 +125,9 @@ class LesionAnalyser:
         mode = Mode(mode)
         output = self.model.analyze(image, seed)
         probability = self.probability(output.malignancy_logit)
+        described = time.perf_counter()
         descriptors = combine_descriptors(image, output, self.metadata.descriptor_sources)
+        reported = time.perf_counter()
         report = {
             "case_id": case_id,
             "malignancy_probability": round(probability, 6),
@@ -133,4 +138,7 @@ class LesionAnalyser:
             "model_version": self.metadata.version,
             "latency_ms": round((time.perf_counter() - start) * 1000.0, 2),
         }
-        return LesionAnalysis(report=report, mask=output.mask, output=output)
+        timings = {k: v for k, v in output.timings.items() if k != "total"}
+        timings["descriptors"] = (reported - described) * 1000.0
+        timings["report"] = (time.perf_counter() - reported) * 1000.0
+        return LesionAnalysis(report=report, mask=output.mask, output=output, timings=timings)
