@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from data_registry import Exclusion, LockedTestSet, Registry, SourceSpec, ingest, lock_testset
-from data_registry.images import read_grey
+from bench import console
+from data_registry import Exclusion, Registry, SourceSpec, ingest, lock_testset
 from data_registry.importers import get_importer
 
 SITES = (
@@ -56,56 +54,6 @@ def prepare(data: Path, work: Path, fraction: float, seed: int) -> tuple[Path, l
             )
         registries.append(registry)
     return locked, registries
-
-
-class _TorchModel:
-    """The bundle's PyTorch network behind the same ``analyze`` call as the ONNX model."""
-
-    def __init__(self, bundle: Path) -> None:
-        from models.packaging import load_weights
-        from models.train import torch_runner
-
-        self.network, config = load_weights(bundle)
-        self.spec = config.spec
-        self.heads = self.network.head_vocabularies
-        self.runner = torch_runner(self.network)
-
-    def analyze(self, image, seed):
-        from models.inference import analyze_image
-
-        return analyze_image(image, seed, self.spec, self.runner, self.heads)
-
-
-def latency(bundle: Path, locked: LockedTestSet, cases: int) -> dict[str, Any]:
-    """p50/p95 of decode → analysis → report JSON, ONNX and PyTorch on the same cases."""
-    import torch
-
-    from models.analysis import LesionAnalyser
-
-    torch.set_num_threads(2)
-    records = locked.cases[:cases]
-    onnx = LesionAnalyser(bundle, num_threads=2)
-    eager = LesionAnalyser(bundle, num_threads=2)
-    eager.model = _TorchModel(bundle)
-    results = {}
-    for name, analyser in (("onnxruntime", onnx), ("pytorch_eager", eager)):
-        times = []
-        for record in [records[0], *records]:  # the first call warms up
-            start = time.perf_counter()
-            image = read_grey(locked.root / record["image"])
-            seed = (record["seed"]["x"], record["seed"]["y"])
-            json.dumps(analyser.analyze(image, seed, case_id=record["case_id"]).report)
-            times.append((time.perf_counter() - start) * 1000.0)
-        times = np.array(times[1:])
-        results[name] = {
-            "p50_ms": round(float(np.percentile(times, 50)), 2),
-            "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "n": len(times),
-        }
-    results["speedup_p50"] = round(
-        results["pytorch_eager"]["p50_ms"] / results["onnxruntime"]["p50_ms"], 2
-    )
-    return results
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -144,14 +92,8 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {agreement['n']} | {agreement['accuracy']:.3f} | {'n/a' if kappa is None else f'{kappa:.3f}'} |"
         )
-    lat = result["latency"]
-    lines += [
-        "",
-        "| runtime (2 threads) | p50 ms | p95 ms |",
-        "|---|---|---|",
-        f"| onnxruntime | {lat['onnxruntime']['p50_ms']} | {lat['onnxruntime']['p95_ms']} |",
-        f"| PyTorch eager | {lat['pytorch_eager']['p50_ms']} | {lat['pytorch_eager']['p95_ms']} |",
-    ]
+    lines += ["", "## Console latency (image decode to report JSON)", ""]
+    lines.append(console.markdown(result["latency"]).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +135,7 @@ def main() -> None:
         "descriptor_sources": metadata.descriptor_sources,
         "operating_points": metadata.operating_points,
         "temperature": metadata.temperature,
-        "latency": latency(args.work / "central", LockedTestSet(locked), args.latency_cases),
+        "latency": console.measure(args.work / "central", locked, args.latency_cases),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model.json").write_text(json.dumps(result, indent=2) + "\n")
