@@ -22,6 +22,7 @@ from models.bundle import MODEL_FILE, BundleMetadata, load_metadata
 from models.calibration import Mode, OperatingPoints, birads_for
 from models.descriptors import describe
 from models.exceptions import MaskError
+from models.fusion import FusionModel
 from models.inference import LesionOutput, OnnxLesionModel
 
 MARGIN_TERMS = tuple(m.value for m in Margin if m is not Margin.CIRCUMSCRIBED)
@@ -103,6 +104,8 @@ class LesionAnalyser:
         self.metadata: BundleMetadata = load_metadata(self.bundle)
         self.model = OnnxLesionModel(self.bundle / MODEL_FILE, num_threads=num_threads)
         self.points = OperatingPoints.from_dict(self.metadata.operating_points)
+        fusion = self.metadata.fusion
+        self.fusion = None if fusion is None else FusionModel.from_dict(fusion)
 
     def probability(self, logit: float) -> float:
         """Calibrated probability of malignancy."""
@@ -124,6 +127,10 @@ class LesionAnalyser:
         start = time.perf_counter()
         mode = Mode(mode)
         output = self.model.analyze(image, seed)
+        if self.fusion is not None:  # the network's logit fused with its outline's features
+            fused = time.perf_counter()
+            output = self.fusion.apply(image, output)
+            output.timings["fusion"] = (time.perf_counter() - fused) * 1000.0
         probability = self.probability(output.malignancy_logit)
         described = time.perf_counter()
         descriptors = combine_descriptors(image, output, self.metadata.descriptor_sources)
