@@ -25,6 +25,8 @@ from bench import console
 from data_registry import Exclusion, Registry, SourceSpec, ingest, lock_testset
 from data_registry.importers import get_importer
 
+RESERVE_MINUTES = 8.0
+"""Part of the budget kept for export, calibration, scoring and the latency benchmark."""
 SITES = (
     ("busi", "busi", "biopsy"),
     ("bus_bra", "bus_bra", None),
@@ -144,6 +146,13 @@ def main() -> None:
         help="group-disjoint folds of the training part that score the recipe before the locked "
         "slice scores the final model once (0: skip)",
     )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=45.0,
+        help="wall-time budget of the whole run; when the recipe sets no max_minutes, each of "
+        "the cv-folds + 1 trainings gets an equal share of it, less a reserve for scoring",
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no real data at {args.data}; this benchmark needs the three sites")
@@ -151,6 +160,9 @@ def main() -> None:
     config = load_train_config(args.params)
     if args.epochs:
         config = dataclasses.replace(config, epochs=args.epochs)
+    if config.max_minutes is None and args.budget_minutes:
+        share = (args.budget_minutes - RESERVE_MINUTES) / (args.cv_folds + 1)
+        config = dataclasses.replace(config, max_minutes=max(share, 1.0))
     cross_validation = None
     if args.cv_folds:
         from models.samples import samples_from_registries
@@ -174,6 +186,7 @@ def main() -> None:
         "train_minutes": round(minutes, 2),
         "cross_validation": cross_validation,
         "epochs": config.epochs,
+        "max_minutes_per_training": config.max_minutes,
         "train_seconds_network": metadata.lineage.get("train_seconds"),
         "training_data": metadata.training_data,
         "locked_test": metadata.metrics["locked_test"],
