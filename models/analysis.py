@@ -20,7 +20,7 @@ import numpy as np
 from data_registry.schema import Descriptors, Margin
 from models.bundle import MODEL_FILE, BundleMetadata, load_metadata
 from models.calibration import Mode, OperatingPoints, birads_for
-from models.descriptors import describe
+from models.descriptors import describe, descriptors_from_features
 from models.exceptions import MaskError
 from models.fusion import FusionModel
 from models.inference import LesionOutput, OnnxLesionModel
@@ -52,9 +52,14 @@ def descriptors_from_heads(probs: Mapping[str, Mapping[str, float]]) -> dict[str
     }
 
 
-def descriptors_from_rules(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """The lexicon rules on a predicted mask; empty when the mask is too small to describe."""
+def descriptors_from_rules(
+    image: np.ndarray, mask: np.ndarray, features: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The lexicon rules on a predicted mask (or on its already computed ``features``); empty
+    when the mask is too small to describe."""
     try:
+        if features is not None:
+            return descriptors_from_features(dict(features)).model_dump(mode="json")
         return describe(image, mask).model_dump(mode="json")
     except MaskError:
         return {}
@@ -67,7 +72,8 @@ def combine_descriptors(
 ) -> Descriptors:
     """Each descriptor from its chosen source (``heads`` or ``rules``)."""
     learned = descriptors_from_heads(output.descriptor_probs)
-    rules = descriptors_from_rules(image, output.mask) if "rules" in sources.values() else {}
+    wanted = "rules" in sources.values()
+    rules = descriptors_from_rules(image, output.mask, output.features) if wanted else {}
     chosen = {}
     for name in ("shape", "orientation", "margin", "echo_pattern", "posterior_features"):
         source = sources.get(name, "rules")

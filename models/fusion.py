@@ -75,13 +75,22 @@ CLIP_SD = 5.0
 segmentations must not dominate)."""
 
 
-def feature_vector(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """The fusion features of one predicted outline (NaN where the mask cannot be described)."""
-    try:
-        features = lesion_features(image, mask)
-    except MaskError:
+def _as_vector(features: Mapping[str, float] | None) -> NDArray[np.float64]:
+    if features is None:
         return np.full(len(FUSION_FEATURES), np.nan)
     return np.array([features[name] for name in FUSION_FEATURES], dtype=np.float64)
+
+
+def _describe(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> dict[str, float] | None:
+    try:
+        return lesion_features(image, mask)
+    except MaskError:
+        return None
+
+
+def feature_vector(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The fusion features of one predicted outline (NaN where the mask cannot be described)."""
+    return _as_vector(_describe(image, mask))
 
 
 def _sigmoid(z: NDArray) -> NDArray:
@@ -145,15 +154,17 @@ class FusionModel:
         z = _standardise(np.asarray(x, dtype=np.float64), np.array(self.mean), np.array(self.scale))
         return z @ np.array(self.coef) + self.intercept
 
-    def fused_logit(self, image: NDArray[np.uint8], mask: NDArray, network_logit: float) -> float:
-        """The fused logit of one analysed lesion."""
-        row = np.append(feature_vector(image, mask), network_logit)[None]
+    def fused_logit(self, features: Mapping[str, float] | None, network_logit: float) -> float:
+        """The fused logit of one lesion from its outline's features (None: not describable)."""
+        row = np.append(_as_vector(features), network_logit)[None]
         return float(self.logits(row)[0])
 
     def apply(self, image: NDArray[np.uint8], output: Any) -> Any:
-        """A :class:`models.inference.LesionOutput` whose logit is the fused one."""
-        fused = self.fused_logit(image, output.mask, output.malignancy_logit)
-        return dataclasses.replace(output, malignancy_logit=fused)
+        """A :class:`models.inference.LesionOutput` whose logit is the fused one (and which
+        carries the outline's features for the descriptor rules)."""
+        features = _describe(image, output.mask)
+        fused = self.fused_logit(features, output.malignancy_logit)
+        return dataclasses.replace(output, malignancy_logit=fused, features=features)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the bundle metadata."""

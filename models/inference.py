@@ -67,6 +67,8 @@ class LesionOutput:
         timings: milliseconds per stage (``preprocess``, ``network``, ``postprocess``, ``total``).
         extent: estimated Chebyshev radius of the lesion around the click (pixels).
         half_width: half-width of the final crop (pixels).
+        features: :func:`models.descriptors.lesion_features` of the mask, when already computed
+            (by the fusion), so the descriptor rules do not compute them again.
     """
 
     malignancy_logit: float
@@ -75,6 +77,7 @@ class LesionOutput:
     timings: dict[str, float] = field(default_factory=dict)
     extent: float = 0.0
     half_width: float = 0.0
+    features: dict[str, float] | None = None
 
     @property
     def malignancy_probability(self) -> float:
