@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("decode", "preprocess", "network", "postprocess", "descriptors", "report")
+STAGES = ("decode", "preprocess", "network", "postprocess", "fusion", "descriptors", "report")
 HEAVY = ("torch", "scipy", "sklearn", "skimage", "matplotlib")
 
 
