@@ -187,7 +187,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("|---" * (len(STAGES) + 1) + "|")
     for name in ("onnxruntime", "pytorch_eager"):
         stages = result[name]["all_runs"]["stages_p50_ms"]
-        lines.append(f"| {name} | " + " | ".join(str(stages[s]) for s in STAGES) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(stages.get(s, "n/a")) for s in STAGES) + " |")
     proc = result["one_image_process"]
     lines += [
         "",
