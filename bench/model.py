@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from data_registry import Exclusion, LockedTestSet, Registry, SourceSpec, ingest, lock_testset
-from data_registry.images import read_grey
+from bench import console
+from data_registry import Exclusion, Registry, SourceSpec, ingest, lock_testset
 from data_registry.importers import get_importer
 
+RESERVE_MINUTES = 8.0
+"""Part of the budget kept for export, calibration, scoring and the latency benchmark."""
 SITES = (
     ("busi", "busi", "biopsy"),
     ("bus_bra", "bus_bra", None),
@@ -58,56 +58,6 @@ def prepare(data: Path, work: Path, fraction: float, seed: int) -> tuple[Path, l
     return locked, registries
 
 
-class _TorchModel:
-    """The bundle's PyTorch network behind the same ``analyze`` call as the ONNX model."""
-
-    def __init__(self, bundle: Path) -> None:
-        from models.packaging import load_weights
-        from models.train import torch_runner
-
-        self.network, config = load_weights(bundle)
-        self.spec = config.spec
-        self.heads = self.network.head_vocabularies
-        self.runner = torch_runner(self.network)
-
-    def analyze(self, image, seed):
-        from models.inference import analyze_image
-
-        return analyze_image(image, seed, self.spec, self.runner, self.heads)
-
-
-def latency(bundle: Path, locked: LockedTestSet, cases: int) -> dict[str, Any]:
-    """p50/p95 of decode → analysis → report JSON, ONNX and PyTorch on the same cases."""
-    import torch
-
-    from models.analysis import LesionAnalyser
-
-    torch.set_num_threads(2)
-    records = locked.cases[:cases]
-    onnx = LesionAnalyser(bundle, num_threads=2)
-    eager = LesionAnalyser(bundle, num_threads=2)
-    eager.model = _TorchModel(bundle)
-    results = {}
-    for name, analyser in (("onnxruntime", onnx), ("pytorch_eager", eager)):
-        times = []
-        for record in [records[0], *records]:  # the first call warms up
-            start = time.perf_counter()
-            image = read_grey(locked.root / record["image"])
-            seed = (record["seed"]["x"], record["seed"]["y"])
-            json.dumps(analyser.analyze(image, seed, case_id=record["case_id"]).report)
-            times.append((time.perf_counter() - start) * 1000.0)
-        times = np.array(times[1:])
-        results[name] = {
-            "p50_ms": round(float(np.percentile(times, 50)), 2),
-            "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "n": len(times),
-        }
-    results["speedup_p50"] = round(
-        results["pytorch_eager"]["p50_ms"] / results["onnxruntime"]["p50_ms"], 2
-    )
-    return results
-
-
 def _markdown(result: dict[str, Any]) -> str:
     test = result["locked_test"]
     pooled = test["pooled"]
@@ -133,6 +83,29 @@ def _markdown(result: dict[str, Any]) -> str:
     for grouping, blocks in test["groups"].items():
         for name, block in blocks.items():
             lines.append(row(f"{grouping} {name}", block))
+    cv = result.get("cross_validation")
+    if cv:
+        lines += [
+            "",
+            f"Recipe scored by {cv['folds']}-fold patient- and duplicate-group-disjoint "
+            f"cross-validation of the training part ({cv['minutes']:.1f} min), beside the locked "
+            "slice scored once:",
+            "",
+            "| measure | CV mean ± sd | locked slice |",
+            "|---|---|---|",
+        ]
+        sites = test["groups"].get("site", {})
+        measures = [
+            ("AUC pooled", "auc", pooled["auc"]["auc"]),
+            ("Dice", "dice", pooled.get("dice_mean")),
+        ]
+        measures += [(f"AUC {site}", f"auc_{site}", b["auc"]["auc"]) for site, b in sites.items()]
+        for label, key, locked_value in measures:
+            if key in cv:
+                locked_text = "n/a" if locked_value is None else f"{locked_value:.3f}"
+                lines.append(
+                    f"| {label} | {cv[key]['mean']:.3f} ± {cv[key]['sd']:.3f} | {locked_text} |"
+                )
     lines += ["", "| mode | threshold | sensitivity | specificity |", "|---|---|---|---|"]
     for mode, values in pooled["thresholds"].items():
         lines.append(
@@ -144,14 +117,8 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {agreement['n']} | {agreement['accuracy']:.3f} | {'n/a' if kappa is None else f'{kappa:.3f}'} |"
         )
-    lat = result["latency"]
-    lines += [
-        "",
-        "| runtime (2 threads) | p50 ms | p95 ms |",
-        "|---|---|---|",
-        f"| onnxruntime | {lat['onnxruntime']['p50_ms']} | {lat['onnxruntime']['p95_ms']} |",
-        f"| PyTorch eager | {lat['pytorch_eager']['p50_ms']} | {lat['pytorch_eager']['p95_ms']} |",
-    ]
+    lines += ["", "## Console latency (image decode to report JSON)", ""]
+    lines.append(console.markdown(result["latency"]).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +139,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-cases", type=int, default=100)
     parser.add_argument("--epochs", type=int, help="epoch budget (default: params.yaml `train`)")
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=3,
+        help="group-disjoint folds of the training part that score the recipe before the locked "
+        "slice scores the final model once (0: skip)",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=45.0,
+        help="wall-time budget of the whole run; when the recipe sets no max_minutes, each of "
+        "the cv-folds + 1 trainings gets an equal share of it, less a reserve for scoring",
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no real data at {args.data}; this benchmark needs the three sites")
@@ -179,13 +160,33 @@ def main() -> None:
     config = load_train_config(args.params)
     if args.epochs:
         config = dataclasses.replace(config, epochs=args.epochs)
+    if config.max_minutes is None and args.budget_minutes:
+        share = (args.budget_minutes - RESERVE_MINUTES) / (args.cv_folds + 1)
+        config = dataclasses.replace(config, max_minutes=max(share, 1.0))
+    cross_validation = None
+    if args.cv_folds:
+        from models.samples import samples_from_registries
+        from models.selection import cross_validate
+
+        start = time.perf_counter()
+        cv = cross_validate(
+            samples_from_registries(registries), config, k=args.cv_folds, seed=args.seed,
+            progress=True,
+        )  # fmt: skip
+        cross_validation = {
+            **cv["summary"],
+            "per_fold": cv["per_fold"],
+            "minutes": round((time.perf_counter() - start) / 60.0, 2),
+        }
     start = time.perf_counter()
     metadata = train_central(registries, args.work / "central", config=config, testset=locked)
     minutes = (time.perf_counter() - start) / 60.0
     result = {
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
         "train_minutes": round(minutes, 2),
+        "cross_validation": cross_validation,
         "epochs": config.epochs,
+        "max_minutes_per_training": config.max_minutes,
         "train_seconds_network": metadata.lineage.get("train_seconds"),
         "training_data": metadata.training_data,
         "locked_test": metadata.metrics["locked_test"],
@@ -193,7 +194,7 @@ def main() -> None:
         "descriptor_sources": metadata.descriptor_sources,
         "operating_points": metadata.operating_points,
         "temperature": metadata.temperature,
-        "latency": latency(args.work / "central", LockedTestSet(locked), args.latency_cases),
+        "latency": console.measure(args.work / "central", locked, args.latency_cases),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model.json").write_text(json.dumps(result, indent=2) + "\n")

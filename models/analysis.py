@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ import numpy as np
 from data_registry.schema import Descriptors, Margin
 from models.bundle import MODEL_FILE, BundleMetadata, load_metadata
 from models.calibration import Mode, OperatingPoints, birads_for
-from models.descriptors import describe
+from models.descriptors import describe, descriptors_from_features
 from models.exceptions import InferenceInputError, MaskError
+from models.fusion import FusionModel
 from models.inference import LesionOutput, OnnxLesionModel
 from models.verdict import governing_note, lesion_at_click, release_statement, worded
 
@@ -57,9 +58,14 @@ def descriptors_from_heads(probs: Mapping[str, Mapping[str, float]]) -> dict[str
     }
 
 
-def descriptors_from_rules(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """The lexicon rules on a predicted mask; empty when the mask is too small to describe."""
+def descriptors_from_rules(
+    image: np.ndarray, mask: np.ndarray, features: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The lexicon rules on a predicted mask (or on its already computed ``features``); empty
+    when the mask is too small to describe."""
     try:
+        if features is not None:
+            return descriptors_from_features(dict(features)).model_dump(mode="json")
         return describe(image, mask).model_dump(mode="json")
     except MaskError:
         return {}
@@ -72,7 +78,8 @@ def combine_descriptors(
 ) -> Descriptors:
     """Each descriptor from its chosen source (``heads`` or ``rules``)."""
     learned = descriptors_from_heads(output.descriptor_probs)
-    rules = descriptors_from_rules(image, output.mask) if "rules" in sources.values() else {}
+    wanted = "rules" in sources.values()
+    rules = descriptors_from_rules(image, output.mask, output.features) if wanted else {}
     chosen = {}
     for name in ("shape", "orientation", "margin", "echo_pattern", "posterior_features"):
         source = sources.get(name, "rules")
@@ -92,6 +99,9 @@ class LesionAnalysis:
     mask: np.ndarray
     output: LesionOutput
     probability: float
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage: the network's (``preprocess``, ``network``, ``postprocess``),
+    then ``descriptors`` and ``report``."""
 
 
 class LesionAnalyser:
@@ -116,6 +126,8 @@ class LesionAnalyser:
         self.metadata: BundleMetadata = load_metadata(self.bundle)
         self.model = OnnxLesionModel(self.bundle / MODEL_FILE, num_threads=num_threads)
         self.points = OperatingPoints.from_dict(self.metadata.operating_points)
+        fusion = self.metadata.fusion
+        self.fusion = None if fusion is None else FusionModel.from_dict(fusion)
 
     def probability(self, logit: float) -> float:
         """Calibrated probability of malignancy."""
@@ -143,7 +155,12 @@ class LesionAnalyser:
         if not finite:
             raise InferenceInputError(f"seed must be two finite numbers (x, y), got {seed!r}")
         output = self.model.analyze(image, seed)
+        if self.fusion is not None:  # the network's logit fused with its outline's features
+            fused = time.perf_counter()
+            output = self.fusion.apply(image, output)
+            output.timings["fusion"] = (time.perf_counter() - fused) * 1000.0
         probability = self.probability(output.malignancy_logit)
+        timings = {k: v for k, v in output.timings.items() if k != "total"}
         check = lesion_at_click(output.mask, seed)
         verdict: dict[str, Any] = {
             "malignancy_probability": None,
@@ -156,7 +173,9 @@ class LesionAnalyser:
             call = self.points.suggest(probability, mode)
             birads = birads_for(probability).value
             threshold = self.points.point(mode).threshold
+            described = time.perf_counter()
             descriptors = combine_descriptors(image, output, self.metadata.descriptor_sources)
+            timings["descriptors"] = (time.perf_counter() - described) * 1000.0
             verdict = {
                 "malignancy_probability": round(probability, 6),
                 "suggestion": worded(call),
@@ -164,6 +183,7 @@ class LesionAnalyser:
                 "birads_note": governing_note(call, birads, probability, mode.value, threshold),
                 "descriptors": descriptors.model_dump(mode="json"),
             }
+        reported = time.perf_counter()
         report = {
             "case_id": case_id,
             "lesion_found": check.found,
@@ -175,6 +195,7 @@ class LesionAnalyser:
             "release_statement": self.release_statement,
             "latency_ms": round((time.perf_counter() - start) * 1000.0, 2),
         }
+        timings["report"] = (time.perf_counter() - reported) * 1000.0
         return LesionAnalysis(
-            report=report, mask=output.mask, output=output, probability=probability
+            report=report, mask=output.mask, output=output, probability=probability, timings=timings
         )

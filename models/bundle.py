@@ -53,6 +53,9 @@ class BundleMetadata(BaseModel):
     operating_points: dict[str, dict[str, float]]
     birads_bands: list[dict[str, Any]]
     descriptor_sources: dict[str, Literal["heads", "rules"]]
+    fusion: dict[str, Any] | None = None
+    """Outline-feature fusion (:class:`models.fusion.FusionModel` as plain numbers) applied to
+    the network's logit before the temperature; None: the network's logit alone."""
     training_data: dict[str, Any]
     metrics: dict[str, Any]
     lineage: dict[str, Any] = {}

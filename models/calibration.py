@@ -20,10 +20,6 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy.optimize import minimize_scalar
-from scipy.special import log_expit, log_softmax
-from scipy.stats import binom
-from sklearn.metrics import roc_curve
 
 from data_registry.schema import BiRads
 from models.exceptions import CalibrationError
@@ -124,6 +120,8 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
         raise CalibrationError(f"labels must lie in 0..{n_classes - 1}; got {np.unique(y)}")
     if len(np.unique(y)) < 2:
         raise CalibrationError("temperature scaling needs both classes in the validation labels")
+    from scipy.optimize import minimize_scalar  # the console never fits: keep scipy off its path
+    from scipy.special import log_expit, log_softmax
 
     def nll(log_t: float) -> float:
         scaled = z / math.exp(log_t)
@@ -156,6 +154,8 @@ def apply_temperature(logits: ArrayLike, temperature: float) -> NDArray[np.float
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise CalibrationError(f"temperature must be positive and finite; got {temperature!r}")
+    from scipy.special import log_expit, log_softmax
+
     z = np.asarray(logits, dtype=np.float64) / temperature
     if z.ndim == 1:
         return np.exp(log_expit(z))
@@ -268,6 +268,8 @@ def tolerance_rank(n: int, rate: float, confidence: float) -> int:
     Returns:
         ``r`` in ``1..n``.
     """
+    from scipy.stats import binom
+
     ranks = np.arange(1, n + 1)
     holds = binom.sf(ranks - 1, n, 1.0 - rate) >= confidence  # P(Bin >= r), falls with r
     return int(ranks[holds][-1]) if holds.any() else 1
@@ -309,6 +311,8 @@ def choose_operating_points(
     y, p = _validation_set(y_true, prob)
     if confidence is not None and not 0.0 < confidence < 1.0:
         raise CalibrationError(f"confidence must lie in (0, 1), got {confidence}")
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thresholds)  # roc_curve puts +inf first (nothing called malignant)
     thresholds, sens, spec = thresholds[finite], tpr[finite], 1.0 - fpr[finite]

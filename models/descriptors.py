@@ -1,6 +1,6 @@
 """Interpretable lesion features and ACR BI-RADS lexicon descriptors from a mask and its image.
 
-Pure numpy/scipy/scikit-image: this runs on the console, next to the network. Everything is
+Pure numpy (:mod:`models._morphology`): this runs on the console, next to the network. Everything is
 computed on a crop around the lesion (the lesion plus the band beside and below it that the
 posterior and surrounding-tissue terms need), so the cost depends on the lesion, not the image.
 
@@ -23,10 +23,6 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
-from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
-from skimage import measure
-from skimage.feature import graycomatrix, graycoprops
 
 from data_registry.schema import (
     Descriptors,
@@ -36,6 +32,7 @@ from data_registry.schema import (
     PosteriorFeatures,
     Shape,
 )
+from models import _morphology as morph
 from models.exceptions import MaskError
 
 # --- geometry of the analysis -------------------------------------------------------------------
@@ -314,7 +311,7 @@ class _Region:
             raise MaskError(
                 f"the mask's largest region has {int(self.mask.sum())} pixels; at least 9 are needed"
             )
-        self.smooth = ndi.gaussian_filter(self.image, SMOOTHING_SIGMA)
+        self.smooth = morph.gaussian_filter(self.image, SMOOTHING_SIGMA)
         self.area = float(self.mask.sum())
         self.radius = math.sqrt(self.area / math.pi)
         rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
@@ -329,8 +326,7 @@ class _Region:
     # --- shape ------------------------------------------------------------------------------
     def shape_features(self) -> dict[str, float]:
         circle_turn = 2 * math.pi * CURVATURE_WINDOW / CONTOUR_POINTS
-        props = measure.regionprops(self.mask[self.box(OUTLINE_PAD)].astype(np.uint8))[0]
-        mu = props.moments_central  # mu[p, q] = sum (row - r0)^p (col - c0)^q
+        props = morph.region_moments(self.mask[self.box(OUTLINE_PAD)])
         major, minor = props.axis_major_length, max(props.axis_minor_length, 1e-6)
         perimeter = _polyline_length(self.contour)
         hull_area, hull_perimeter = _hull(self.contour)
@@ -349,7 +345,7 @@ class _Region:
             "solidity": min(_polygon_area(self.contour) / hull_area, 1.0),
             "eccentricity": float(props.eccentricity),
             "axis_ratio": float(minor / major),
-            "aspect": math.sqrt(mu[2, 0] / max(mu[0, 2], 1e-9)),  # depth over width
+            "aspect": math.sqrt(props.mu20 / max(props.mu02, 1e-9)),  # depth over width
             "tilt_deg": float(abs(math.degrees(props.orientation))),
             "ellipse_residual": float(np.sqrt(np.mean((rho - 1.0) ** 2))),
             # mean squared turning over that of a circle: 1.0 for a circle, larger when wavy
@@ -363,25 +359,36 @@ class _Region:
 
     # --- margin, echo pattern, posterior features, texture ---------------------------------
     def intensity_features(self) -> dict[str, float]:
-        inside = np.zeros(self.mask.shape)
-        inside[self.box(1)] = _distance(self.mask[self.box(1)])
-        outside = _distance(~self.mask)
+        # chessboard distances (integers) are only ever compared with thresholds: distance
+        # <= t outside the lesion is a square dilation by floor(t), > t inside an erosion
+        lesion = self.mask[self.box(1)]
+
+        def inside_beyond(t: float) -> NDArray[np.bool_]:
+            out = np.zeros(self.mask.shape, dtype=bool)
+            out[self.box(1)] = ~morph.square_dilate(~lesion, math.floor(t))
+            return out
+
+        def outside_within(t: float) -> NDArray[np.bool_]:
+            return morph.square_dilate(self.mask, math.floor(t)) & ~self.mask
+
         ring = max(MIN_RING_PX, RING_FRACTION * self.radius)
         valid = self.image > BACKGROUND_LEVEL
-        inner = (inside > 0) & (inside <= ring)
-        outer = (outside > 0) & (outside <= ring) & valid
+        inner = self.mask & ~inside_beyond(ring)
+        outer = outside_within(ring) & valid
         ref = max(
-            _mean(self.smooth, self._surround(outside, valid), _mean(self.smooth, outer)), 1.0
+            _mean(self.smooth, self._surround(outside_within, valid), _mean(self.smooth, outer)),
+            1.0,
         )
-        core = inside > min(ring, 0.5 * inside.max())  # the interior away from the margin
+        deepest = morph.max_chessboard_depth(lesion, limit=math.ceil(2 * ring))
+        core = inside_beyond(min(ring, 0.5 * deepest))  # the interior away from the margin
         interior = self.smooth[core]
         sigma = max(2.0, COARSE_FRACTION * self.radius)
         box = self.box(math.ceil(3 * sigma))
-        coarse = ndi.gaussian_filter(self.image[box], sigma)[core[box]]
+        coarse = morph.gaussian_filter(self.image[box], sigma)[core[box]]
         step_rings = _mean(self.smooth, outer) - _mean(self.smooth, inner)
         near = self.box(OUTLINE_PAD)  # the contour's neighbourhood
-        edge_in = (inside[near] > 0) & (inside[near] <= EDGE_BAND_PX)
-        edge_out = (outside[near] > 0) & (outside[near] <= EDGE_BAND_PX) & valid[near]
+        edge_in = (self.mask & ~inside_beyond(EDGE_BAND_PX))[near]
+        edge_out = outside_within(EDGE_BAND_PX)[near] & valid[near]
         smooth = self.smooth[near]
         step_edge = _mean(smooth, edge_out) - _mean(smooth, edge_in)
         gradient = np.hypot(*np.gradient(smooth))
@@ -398,10 +405,11 @@ class _Region:
             **self._texture(),
         }
 
-    def _surround(self, outside: NDArray, valid: NDArray) -> NDArray[np.bool_]:
+    def _surround(self, outside_within, valid: NDArray) -> NDArray[np.bool_]:
         """The band of tissue around the lesion, without the posterior region below it."""
         gap = SURROUND_GAP_FRACTION * self.radius
-        band = (outside > gap) & (outside <= gap + SURROUND_FRACTION * self.radius) & valid
+        band = outside_within(gap + SURROUND_FRACTION * self.radius) & ~outside_within(gap)
+        band &= valid
         _, r1, c0, c1 = self.extent
         band[r1 - 1 :, c0:c1] = False
         return band
@@ -434,44 +442,32 @@ class _Region:
         levels = np.minimum(self.image[box] // (256 // GLCM_LEVELS), GLCM_LEVELS - 1)
         levels = levels.astype(np.uint8)
         levels[~self.mask[box]] = GLCM_LEVELS  # an extra level for "outside", dropped below
-        counts = graycomatrix(
-            levels, distances=[1], angles=[0, np.pi / 2], levels=GLCM_LEVELS + 1, symmetric=True
-        )[:GLCM_LEVELS, :GLCM_LEVELS].astype(np.float64)
+        counts = morph.glcm(levels, GLCM_LEVELS + 1)[:GLCM_LEVELS, :GLCM_LEVELS]
         total = counts.sum(axis=(0, 1), keepdims=True)
         if np.any(total == 0):
             return {"glcm_contrast": 0.0, "glcm_homogeneity": 1.0}
         normed = counts / total
+        i, j = np.ogrid[:GLCM_LEVELS, :GLCM_LEVELS]
+        squared = ((i - j) ** 2).astype(np.float64)[:, :, None, None]
         return {
-            "glcm_contrast": float(graycoprops(normed, "contrast").mean()),
-            "glcm_homogeneity": float(graycoprops(normed, "homogeneity").mean()),
+            "glcm_contrast": float((normed * squared).sum(axis=(0, 1)).mean()),
+            "glcm_homogeneity": float((normed / (1.0 + squared)).sum(axis=(0, 1)).mean()),
         }
 
 
 def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    labels, count = ndi.label(mask)
+    labels, count = morph.label(mask)
     if count > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         mask = labels == sizes.argmax()
-    background, _ = ndi.label(~mask)
-    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    outside = np.unique(edges[edges > 0])
-    return ~np.isin(background, outside)  # the lesion and its holes
-
-
-def _distance(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Distance of each pixel of ``mask`` to the nearest pixel outside it (0 outside).
-
-    The chessboard distance (within a factor of 1.41 of the Euclidean one along diagonals):
-    enough to draw bands around a lesion, and several times faster than the exact transform.
-    """
-    return ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float64)
+    return morph.fill_holes(mask)  # the lesion and its holes
 
 
 def _outline(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     """The lesion's outer contour (sub-pixel, closed, first point not repeated)."""
-    padded = ndi.gaussian_filter(np.pad(mask, 2).astype(np.float64), OUTLINE_SIGMA)
-    contours = measure.find_contours(padded, 0.5)
+    padded = morph.gaussian_filter(np.pad(mask, 2).astype(np.float64), OUTLINE_SIGMA)
+    contours = morph.find_contours(padded, 0.5)
     if not contours:
         raise MaskError("the lesion is too thin to have an outline")
     contour = max(contours, key=len)[:-1] - 2.0
@@ -491,11 +487,10 @@ def _polygon_area(points: NDArray) -> float:
 
 def _hull(points: NDArray) -> tuple[float, float]:
     """Area and perimeter of the convex hull of the outline."""
-    try:
-        hull = ConvexHull(points)
-    except QhullError as e:
-        raise MaskError("the lesion outline is degenerate (a line)") from e
-    return float(hull.volume), float(hull.area)
+    hull = morph.convex_hull(points)
+    if hull is None:
+        raise MaskError("the lesion outline is degenerate (a line)")
+    return hull
 
 
 def _resample(points: NDArray, count: int) -> NDArray[np.float64]:
@@ -507,7 +502,7 @@ def _resample(points: NDArray, count: int) -> NDArray[np.float64]:
     return np.column_stack([np.interp(target, position, closed[:, i]) for i in (0, 1)])
 
 
-def _ellipse_radius(points: NDArray, props: measure._regionprops.RegionProperties) -> NDArray:
+def _ellipse_radius(points: NDArray, props: morph.RegionMoments) -> NDArray:
     """Each outline point's radius in the fitted ellipse's frame (1.0 on the ellipse)."""
     y0, x0 = props.centroid
     theta = props.orientation  # angle between the row axis and the major axis
@@ -529,7 +524,7 @@ def _turning_angles(points: NDArray, window: int) -> NDArray[np.float64]:
 
 
 def _circular_smooth(values: NDArray, half_width: int) -> NDArray[np.float64]:
-    return ndi.uniform_filter1d(values, 2 * half_width + 1, mode="wrap")
+    return morph.uniform_filter1d_wrap(values, 2 * half_width + 1)
 
 
 def _peaks(values: NDArray, height: float) -> int:

@@ -7,7 +7,7 @@ coordinates. Sampling is bilinear with zero padding and matches
 ``torch.nn.functional.grid_sample(..., align_corners=False, padding_mode="zeros")`` exactly, so a
 crop taken here equals the one :mod:`models.roi` takes in training (checked in the tests).
 
-This module must not import torch: :mod:`models.inference` runs on consoles without it.
+This module must not import torch or scipy: :mod:`models.inference` runs on consoles without them.
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from models import _morphology as morph
 from models.exceptions import ConfigError
 
 __all__ = [
     "RoiSpec",
+    "SamplingImage",
     "affine_to_theta",
     "build_inputs",
     "chebyshev_extent",
     "crop",
     "crop_matrix",
     "extent_in_image",
+    "image_box",
     "invert_affine",
     "sample_bilinear",
     "seed_heatmap",
@@ -184,37 +186,59 @@ def affine_to_theta(
     return (to_norm @ full @ from_norm)[:2]
 
 
-def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear sampling with zero padding (``grid_sample`` semantics, ``align_corners=False``).
+class SamplingImage:
+    """An image prepared once for many bilinear samples (zero-padded, flattened).
 
     Args:
         image: array (H, W) or (C, H, W).
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        img = np.asarray(image, dtype=np.float32)
+        self.squeeze = img.ndim == 2
+        if self.squeeze:
+            img = img[None]
+        self.channels, self.h, self.w = img.shape
+        padded = np.zeros((self.channels, self.h + 2, self.w + 2), dtype=np.float32)
+        padded[:, 1:-1, 1:-1] = img
+        self.flat = padded.reshape(self.channels, -1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the original image."""
+        return (self.h, self.w) if self.squeeze else (self.channels, self.h, self.w)
+
+    def sample(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Bilinear samples with zero padding (see :func:`sample_bilinear`)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), -1.0, self.w)  # beyond: all corners are 0
+        y = np.clip(np.asarray(y, dtype=np.float64), -1.0, self.h)
+        x0 = np.floor(x)
+        y0 = np.floor(y)
+        wx = (x - x0).astype(np.float32)
+        wy = (y - y0).astype(np.float32)
+        stride = self.w + 2
+        base = (y0.astype(np.int64) + 1) * stride + x0.astype(np.int64) + 1
+        last = self.flat.shape[1] - 1
+        out = np.take(self.flat, base, axis=1) * ((1.0 - wx) * (1.0 - wy))
+        out += np.take(self.flat, np.minimum(base + 1, last), axis=1) * (wx * (1.0 - wy))
+        out += np.take(self.flat, np.minimum(base + stride, last), axis=1) * ((1.0 - wx) * wy)
+        out += np.take(self.flat, np.minimum(base + stride + 1, last), axis=1) * (wx * wy)
+        return out[0] if self.squeeze else out
+
+
+def sample_bilinear(image: np.ndarray | SamplingImage, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear sampling with zero padding (``grid_sample`` semantics, ``align_corners=False``).
+
+    Args:
+        image: array (H, W) or (C, H, W), or a :class:`SamplingImage` of one.
         x: sample x coordinates in pixels (any shape).
         y: sample y coordinates, same shape as ``x``.
 
     Returns:
         float32 array of shape ``x.shape`` (or ``(C,) + x.shape``).
     """
-    img = np.asarray(image, dtype=np.float32)
-    squeeze = img.ndim == 2
-    if squeeze:
-        img = img[None]
-    h, w = img.shape[-2:]
-    x0 = np.floor(x)
-    y0 = np.floor(y)
-    wx = (x - x0).astype(np.float32)
-    wy = (y - y0).astype(np.float32)
-    x0 = x0.astype(np.int64)
-    y0 = y0.astype(np.int64)
-    out = np.zeros((img.shape[0], *np.shape(x)), dtype=np.float32)
-    for dy, fy in ((0, 1.0 - wy), (1, wy)):
-        for dx, fx in ((0, 1.0 - wx), (1, wx)):
-            xi = x0 + dx
-            yi = y0 + dy
-            valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            vals = img[:, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
-            out += vals * (fx * fy * valid)[None]
-    return out[0] if squeeze else out
+    sampler = image if isinstance(image, SamplingImage) else SamplingImage(image)
+    return sampler.sample(x, y)
 
 
 def _crop_grid(matrix: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +249,11 @@ def _crop_grid(matrix: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
-def crop(image: np.ndarray, matrix: np.ndarray, crop_size: int) -> np.ndarray:
+def crop(image: np.ndarray | SamplingImage, matrix: np.ndarray, crop_size: int) -> np.ndarray:
     """Resample the region ``matrix`` describes to an ``S × S`` crop.
 
     Args:
-        image: array (H, W) or (C, H, W).
+        image: array (H, W) or (C, H, W), or a :class:`SamplingImage` (faster when cropped often).
         matrix: 2×3 crop-to-image map from :func:`crop_matrix`.
         crop_size: side ``S``.
 
@@ -240,7 +264,12 @@ def crop(image: np.ndarray, matrix: np.ndarray, crop_size: int) -> np.ndarray:
     return sample_bilinear(image, x, y)
 
 
-def uncrop(crop_map: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+def uncrop(
+    crop_map: np.ndarray,
+    matrix: np.ndarray,
+    image_shape: Sequence[int],
+    region: tuple[slice, slice] | None = None,
+) -> np.ndarray:
     """Map a crop-space map (e.g. mask probabilities) back onto the image.
 
     Image pixels whose centre falls inside the crop's footprint (half-open, so crops tile) get the bilinearly interpolated
@@ -250,6 +279,8 @@ def uncrop(crop_map: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int])
         crop_map: array (S, S).
         matrix: the 2×3 crop-to-image map the crop was taken with.
         image_shape: ``(H, W)`` of the image.
+        region: ``(rows, cols)`` slices of the image to fill (default: the whole footprint);
+            pixels outside it stay 0.
 
     Returns:
         float32 array (H, W).
@@ -263,6 +294,10 @@ def uncrop(crop_map: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int])
     x_hi = min(math.ceil(corners[:, 0].max()) + 1, w)
     y_lo = max(math.floor(corners[:, 1].min()), 0)
     y_hi = min(math.ceil(corners[:, 1].max()) + 1, h)
+    if region is not None:
+        rows, cols = region
+        y_lo, y_hi = max(y_lo, rows.start or 0), min(y_hi, h if rows.stop is None else rows.stop)
+        x_lo, x_hi = max(x_lo, cols.start or 0), min(x_hi, w if cols.stop is None else cols.stop)
     if x_lo >= x_hi or y_lo >= y_hi:
         return out
     inv = invert_affine(matrix)
@@ -273,6 +308,26 @@ def uncrop(crop_map: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int])
     vals = sample_bilinear(crop_map, np.clip(u, 0, size - 1), np.clip(v, 0, size - 1))
     out[y_lo:y_hi, x_lo:x_hi] = np.where(inside, vals, 0.0)
     return out
+
+
+def image_box(
+    mask_crop: np.ndarray, matrix: np.ndarray, image_shape: Sequence[int], margin: float = 2.0
+) -> tuple[slice, slice] | None:
+    """The image rectangle covering a crop-space mask's bounding box widened by ``margin``.
+
+    Returns:
+        ``(rows, cols)`` slices, or None for an empty mask.
+    """
+    vs, us = np.nonzero(mask_crop)
+    if us.size == 0:
+        return None
+    u0, u1 = us.min() - margin, us.max() + margin
+    v0, v1 = vs.min() - margin, vs.max() + margin
+    pts = np.array([[u0, v0, 1.0], [u1, v0, 1.0], [u0, v1, 1.0], [u1, v1, 1.0]]) @ matrix.T
+    h, w = int(image_shape[0]), int(image_shape[1])
+    rows = slice(max(math.floor(pts[:, 1].min()), 0), min(math.ceil(pts[:, 1].max()) + 1, h))
+    cols = slice(max(math.floor(pts[:, 0].min()), 0), min(math.ceil(pts[:, 0].max()) + 1, w))
+    return rows, cols
 
 
 def seed_heatmap(point: Sequence[float], crop_size: int, sigma: float) -> np.ndarray:
@@ -288,7 +343,7 @@ def seed_heatmap(point: Sequence[float], crop_size: int, sigma: float) -> np.nda
 
 
 def build_inputs(
-    image01: np.ndarray,
+    image01: np.ndarray | SamplingImage,
     seed: Sequence[float],
     half_width: float,
     spec: RoiSpec,
@@ -299,7 +354,7 @@ def build_inputs(
     """Network input channels for one crop (the numpy twin of :mod:`models.roi`).
 
     Args:
-        image01: float image (H, W) scaled to [0, 1].
+        image01: float image (H, W) scaled to [0, 1] (or a :class:`SamplingImage` of it).
         seed: click ``(x, y)`` in image pixels.
         half_width: half-width of the base-scale crop in image pixels.
         spec: the ROI spec.
@@ -360,7 +415,7 @@ def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True
     Returns:
         boolean array (H, W); all False if ``mask`` is empty.
     """
-    labels, count = ndimage.label(mask)
+    labels, count = morph.label(mask)
     if count == 0:
         return np.zeros(mask.shape, dtype=bool)
     h, w = mask.shape
@@ -373,6 +428,7 @@ def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True
         keep = labels[ys[nearest], xs[nearest]]
     out = labels == keep
     if fill:  # a hole cannot reach its component's bounding box edge: fill inside the box only
-        box = ndimage.find_objects(labels, max_label=keep)[keep - 1]
-        out[box] = ndimage.binary_fill_holes(out[box])
+        rows, cols = np.nonzero(out.any(axis=1))[0], np.nonzero(out.any(axis=0))[0]
+        box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        out[box] = morph.fill_holes(out[box])
     return out

@@ -16,7 +16,6 @@ from types import MappingProxyType
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from data_registry.schema import Margin
 from models.exceptions import MetricInputError
@@ -203,6 +202,8 @@ def auc_with_ci(
         return AucResult(None, None, None, n_pos, n_neg, ONE_CLASS)
     pos, neg = _stratified_indices(y, n_bootstrap, seed)
     low, high = _interval(_bootstrap_aucs(s, pos, neg), confidence)
+    from sklearn.metrics import roc_auc_score  # lazily: the console's report imports this module
+
     return AucResult(float(roc_auc_score(y, s)), low, high, n_pos, n_neg)
 
 
@@ -243,6 +244,8 @@ def paired_auc_difference(
     pos, neg = _stratified_indices(y, n_bootstrap, seed)
     deltas = _bootstrap_aucs(b, pos, neg) - _bootstrap_aucs(a, pos, neg)
     low, high = _interval(deltas, confidence)
+    from sklearn.metrics import roc_auc_score
+
     auc_a, auc_b = float(roc_auc_score(y, a)), float(roc_auc_score(y, b))
     return AucDifference(auc_a, auc_b, auc_b - auc_a, low, high, n_pos, n_neg)
 
@@ -386,6 +389,8 @@ def descriptor_agreement(
     accuracy = float(np.mean([t == p for t, p in pairs]))
     if len(set(truth) | set(pred)) < 2:
         return Agreement(len(pairs), accuracy, None, ONE_CATEGORY)
+    from sklearn.metrics import cohen_kappa_score
+
     return Agreement(len(pairs), accuracy, float(cohen_kappa_score(truth, pred)))
 
 

@@ -7,6 +7,7 @@ is verified first and only scored, never used to choose anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from models.calibration import BIRADS_BANDS, choose_operating_points, fit_temper
 from models.data import LesionSample
 from models.exceptions import CalibrationError
 from models.export import export_onnx
+from models.fusion import FusionModel, choose_fusion, feature_vector
 from models.geometry import RoiSpec
 from models.inference import OnnxLesionModel
 from models.network import LesionNet
@@ -122,6 +124,45 @@ def score_locked(
     return result
 
 
+def fit_fusion(
+    val: Sequence[LesionSample], outputs: Sequence[Any], *, enabled: bool = True
+) -> tuple[FusionModel | None, list[Any], dict[str, Any]]:
+    """Outline-feature fusion fitted cross-fitted on validation (:func:`models.fusion.choose_fusion`).
+
+    Returns:
+        the fusion (None when off or not better out of fold), the validation outputs carrying
+        the logits to calibrate with (cross-fitted fused ones when the fusion is used), and the
+        report of the choice.
+    """
+    if not enabled:
+        return None, list(outputs), {"used": False, "reason": "disabled by the recipe"}
+    features = np.array(
+        [feature_vector(s.image, o.mask) for s, o in zip(val, outputs, strict=True)]
+    )
+    logits = np.array([o.malignancy_logit for o in outputs])
+    fusion, fused, report = choose_fusion(
+        features, logits, np.array([s.label for s in val]), [s.group_id for s in val]
+    )
+    if fusion is None:
+        return None, list(outputs), report
+    replaced = [
+        dataclasses.replace(o, malignancy_logit=float(z))
+        for o, z in zip(outputs, fused, strict=True)
+    ]
+    return fusion, replaced, report
+
+
+class _Fused:
+    """An analyser whose logit is fused with the outline's features (or left alone)."""
+
+    def __init__(self, model: OnnxLesionModel, fusion: FusionModel | None) -> None:
+        self.model, self.fusion = model, fusion
+
+    def analyze(self, image: np.ndarray, seed: Sequence[float]) -> Any:
+        output = self.model.analyze(image, seed)
+        return output if self.fusion is None else self.fusion.apply(image, output)
+
+
 def package_bundle(
     model: LesionNet,
     config: TrainConfig,
@@ -149,6 +190,7 @@ def package_bundle(
     onnx_model = OnnxLesionModel(out / MODEL_FILE, num_threads=config.num_threads)
     outputs = evaluation.analyse_all(val, onnx_model.analyze, progress=progress, desc="validation")
     y = np.array([s.label for s in val])
+    fusion, outputs, fusion_report = fit_fusion(val, outputs, enabled=config.fusion)
     logits = np.array([o.malignancy_logit for o in outputs])
     try:
         temperature, calibration_note = fit_temperature(logits, y), "temperature fit on validation"
@@ -166,10 +208,11 @@ def package_bundle(
         "validation": validation["summary"]["pooled"],
         "validation_descriptors": validation.get("descriptor_agreement", {}),
         "descriptor_candidates": candidates,
+        "fusion": fusion_report,
     }
     if locked is not None:
         test = score_locked(
-            onnx_model, locked, temperature=temperature, points=points, sources=sources,
+            _Fused(onnx_model, fusion), locked, temperature=temperature, points=points, sources=sources,
             progress=progress,
         )  # fmt: skip
         metrics["locked_test"] = test["summary"]
@@ -206,6 +249,7 @@ def package_bundle(
             {"category": b.category.value, "low": b.low, "high": b.high} for b in BIRADS_BANDS
         ],
         descriptor_sources=sources,
+        fusion=None if fusion is None else fusion.to_dict(),
         training_data=dict(training_data),
         metrics=metrics,
         lineage=dict(lineage or {}),

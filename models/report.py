@@ -19,22 +19,21 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from skimage.segmentation import find_boundaries
-from sklearn.metrics import roc_curve
 
 from data_registry.schema import BiRads, Descriptors, Pseudonym, SeedPoint
 from models import metrics
 from models.calibration import Mode, OperatingPoints
 from models.exceptions import ReportError
 from models.verdict import NO_LESION, lesion_at_click
+
+if TYPE_CHECKING:  # matplotlib and scikit-learn load only for the vendor's evaluation report
+    from matplotlib.figure import Figure
 
 INTENDED_USE = (
     "Research software, not a medical device. The suggestion supports and never replaces "
@@ -254,7 +253,7 @@ def _overlay(
 ) -> Image.Image:
     """The image in colour with the lesion's contour and a cross at the seed."""
     rgb = np.repeat(image[:, :, None], 3, axis=2)
-    rgb[find_boundaries(mask, mode="inner")] = CONTOUR_RGB
+    rgb[_inner_boundary(mask)] = CONTOUR_RGB
     picture = Image.fromarray(rgb)
     arm = max(3, round(SEED_ARM_FRACTION * max(image.shape)))
     x, y = seed
@@ -262,6 +261,13 @@ def _overlay(
     draw.line([(x - arm, y), (x + arm, y)], fill=SEED_RGB, width=1)
     draw.line([(x, y - arm), (x, y + arm)], fill=SEED_RGB, width=1)
     return picture
+
+
+def _inner_boundary(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Lesion pixels with a 4-neighbour outside the lesion (the image edge does not count)."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1, mode="edge")
+    core = m[1:-1, 1:-1]
+    return core & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
 
 
 def _lesion_html(report: LesionReport, overlay_png: bytes) -> str:
@@ -322,6 +328,9 @@ def _term(value: object) -> str:
 
 
 def _roc_figure(ev: _Evaluation) -> bytes:
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
     figure = Figure(figsize=(5.0, 5.0))
     axes = figure.add_subplot()
     y, p = np.asarray(ev.y_true), np.asarray(ev.prob)
@@ -344,6 +353,8 @@ def _reliability_figure(ev: _Evaluation) -> bytes:
     bins = metrics.reliability_bins(ev.y_true, ev.prob)
     centres = (bins.edges[:-1] + bins.edges[1:]) / 2
     filled = bins.counts > 0
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(5.0, 5.0))
     axes = figure.add_subplot()
     axes.bar(
@@ -460,6 +471,8 @@ def _img(png: bytes, alt: str = "figure") -> str:
 
 
 def _figure_png(figure: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)  # attach the Agg canvas: no pyplot, no global backend state
     figure.savefig(buffer, format="png", dpi=FIGURE_DPI)

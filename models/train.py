@@ -77,6 +77,9 @@ class TrainConfig:
             thresholds, chosen on validation, keep their declared rates (sensitivity 0.95,
             specificity 0.90) on new patients (distribution-free tolerance bounds,
             :func:`models.calibration.choose_operating_points`; None: point estimates).
+        fusion: fuse the network's logit with morphometric features of its predicted outline
+            (:mod:`models.fusion`), fitted cross-fitted on validation, when that beats the
+            network alone out of fold.
     """
 
     epochs: int = 30
@@ -106,6 +109,7 @@ class TrainConfig:
     channels_last: bool = True
     ema_decay: float = 0.0
     operating_confidence: float | None = 0.95
+    fusion: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.num_threads < 1:

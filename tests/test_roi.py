@@ -187,3 +187,24 @@ def test_invalid_settings_raise() -> None:
     spec = RoiSpec(crop_size=40, pass1_fractions=(0.1, 0.3))
     assert RoiSpec.from_json(spec.to_json()) == spec
     assert math.isclose(spec.in_channels, 3)
+
+
+def test_uncrop_limited_to_a_region_matches_the_full_uncrop_there() -> None:
+    rng = np.random.default_rng(1)
+    crop_map = ndimage.gaussian_filter(rng.random((32, 32)), 2.0).astype(np.float32)
+    mat = geometry.crop_matrix((40.3, 33.7), 21.0, 32, angle=0.2)
+    full = geometry.uncrop(crop_map, mat, (70, 90))
+    component = np.zeros((32, 32), bool)
+    component[10:20, 12:25] = True
+    region = geometry.image_box(component, mat, (70, 90))
+    part = geometry.uncrop(crop_map, mat, (70, 90), region)
+    np.testing.assert_array_equal(part[region], full[region])
+    outside = np.ones((70, 90), bool)
+    outside[region] = False
+    assert not part[outside].any()
+    vs, us = np.nonzero(component)  # every component pixel maps inside the region
+    xy = np.stack([us, vs, np.ones_like(us)], axis=1) @ mat.T
+    rows, cols = region
+    assert (xy[:, 0] >= cols.start).all() and (xy[:, 0] < cols.stop).all()
+    assert (xy[:, 1] >= rows.start).all() and (xy[:, 1] < rows.stop).all()
+    assert geometry.image_box(np.zeros((32, 32), bool), mat, (70, 90)) is None

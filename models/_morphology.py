@@ -1,0 +1,395 @@
+"""Numpy-only image morphology for the console (no scipy, no scikit-image).
+
+The console analyses a lesion with the ONNX network and a few classic image measures; loading
+scipy and scikit-image for them costs more time than the analysis itself. These are vectorised
+numpy equivalents of the few functions it needs, checked against the originals in the tests:
+
+- :func:`label` (``scipy.ndimage.label``, 4-connectivity, same numbering),
+- :func:`fill_holes` (``scipy.ndimage.binary_fill_holes``),
+- :func:`gaussian_filter` (``scipy.ndimage.gaussian_filter``, ``mode="reflect"``),
+- :func:`square_dilate` and :func:`max_chessboard_depth` (thresholds and maximum of
+  ``scipy.ndimage.distance_transform_cdt(metric="chessboard")``),
+- :func:`uniform_filter1d_wrap` (``scipy.ndimage.uniform_filter1d(mode="wrap")``),
+- :func:`find_contours` (``skimage.measure.find_contours``: marching squares, same points, the
+  start of a closed contour may differ),
+- :func:`convex_hull` (area and perimeter, as ``scipy.spatial.ConvexHull``),
+- :func:`region_moments` (centroid, axis lengths, orientation, eccentricity of
+  ``skimage.measure.regionprops``),
+- :func:`glcm` (``skimage.feature.graycomatrix`` for distance 1, angles 0 and 90°, symmetric).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "RegionMoments",
+    "convex_hull",
+    "fill_holes",
+    "find_contours",
+    "gaussian_filter",
+    "glcm",
+    "label",
+    "max_chessboard_depth",
+    "region_moments",
+    "square_dilate",
+    "uniform_filter1d_wrap",
+]
+
+
+def _runs(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray]:
+    """Horizontal runs of True pixels in raster order: (row, start column, end column)."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    step = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)
+    return rows, starts, ends
+
+
+def label(mask: NDArray) -> tuple[NDArray[np.int32], int]:
+    """Label the 4-connected components of a 2-D mask (numbered in raster order from 1).
+
+    Returns:
+        ``(labels, count)`` as ``scipy.ndimage.label`` with its default structure.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    rows, starts, ends = _runs(mask)
+    n = rows.size
+    if n == 0:
+        return np.zeros((h, w), dtype=np.int32), 0
+    stride = w + 1
+    start_key = rows * stride + starts
+    end_key = rows * stride + ends
+    # runs of the row above that overlap each run: a contiguous index range [lo, hi)
+    lo = np.searchsorted(end_key, (rows - 1) * stride + starts, side="right")
+    hi = np.searchsorted(start_key, (rows - 1) * stride + ends, side="left")
+    counts = np.maximum(hi - lo, 0)
+    below = np.repeat(np.arange(n), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    above = np.repeat(lo, counts) + offsets
+    parent = np.arange(n)
+    while below.size:
+        root_a, root_b = parent[above], parent[below]
+        if np.array_equal(root_a, root_b):
+            break
+        low = np.minimum(root_a, root_b)
+        np.minimum.at(parent, root_a, low)
+        np.minimum.at(parent, root_b, low)
+        while True:  # pointer jumping: every run points at its root
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    roots, run_label = np.unique(parent, return_inverse=True)
+    run_label = run_label.astype(np.float64) + 1.0
+    flat = np.bincount(rows * w + starts, weights=run_label, minlength=h * w + 1)
+    flat -= np.bincount(rows * w + ends, weights=run_label, minlength=h * w + 1)
+    labels = np.rint(np.cumsum(flat[:-1])).astype(np.int32).reshape(h, w)
+    return labels, int(roots.size)
+
+
+def fill_holes(mask: NDArray) -> NDArray[np.bool_]:
+    """Fill the holes of a 2-D mask: background regions (4-connected) that do not reach the edge."""
+    mask = np.asarray(mask, dtype=bool)
+    background, count = label(~mask)
+    if count == 0:
+        return mask.copy()
+    keep = np.ones(count + 1, dtype=bool)
+    keep[0] = False
+    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    keep[edges] = False
+    return mask | keep[background]
+
+
+def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * x**2 / sigma**2)
+    return weights / weights.sum()
+
+
+def _correlate_rows(values: NDArray[np.float64], weights: NDArray) -> NDArray[np.float64]:
+    """Correlate along axis 0 (contiguous row slices), reflect mode."""
+    radius = len(weights) // 2
+    padded = np.pad(values, [(radius, radius), (0, 0)], mode="symmetric")  # scipy's "reflect"
+    n = values.shape[0]
+    out = weights[radius] * padded[radius : radius + n]
+    for i in range(radius):  # symmetric kernel: pair the taps
+        out += weights[i] * (padded[i : i + n] + padded[2 * radius - i : 2 * radius - i + n])
+    return out
+
+
+def gaussian_filter(image: NDArray, sigma: float) -> NDArray[np.float64]:
+    """Gaussian blur of a 2-D array (``scipy.ndimage.gaussian_filter``, reflect mode, truncate 4)."""
+    values = np.asarray(image, dtype=np.float64)
+    weights = _gaussian_kernel(sigma)
+    rows = _correlate_rows(values, weights)
+    return np.ascontiguousarray(_correlate_rows(np.ascontiguousarray(rows.T), weights).T)
+
+
+def uniform_filter1d_wrap(values: NDArray, size: int) -> NDArray[np.float64]:
+    """Circular moving average of odd ``size`` (``uniform_filter1d(mode="wrap")``)."""
+    values = np.asarray(values, dtype=np.float64)
+    half = size // 2
+    padded = np.concatenate([values[-half:], values, values[:half]]) if half else values
+    return np.convolve(padded, np.full(size, 1.0 / size), mode="valid")
+
+
+def square_dilate(mask: NDArray, k: int) -> NDArray[np.bool_]:
+    """Pixels within chessboard distance ``k`` of a True pixel (a (2k+1)-square dilation).
+
+    Outside the array counts as False, so ``~square_dilate(~m, k)`` is where
+    ``distance_transform_cdt(m, metric="chessboard") > k``.
+    """
+    out = np.asarray(mask, dtype=bool)
+    if k <= 0:
+        return out.copy()
+    for axis in (0, 1):
+        n = out.shape[axis]
+        counts = np.cumsum(out, axis=axis, dtype=np.int32)
+        counts = np.concatenate([np.zeros_like(np.take(counts, [0], axis=axis)), counts], axis)
+        idx = np.arange(n)
+        hi = np.minimum(idx + k, n - 1) + 1
+        lo = np.maximum(idx - k, 0)
+        out = (np.take(counts, hi, axis=axis) - np.take(counts, lo, axis=axis)) > 0
+    return out
+
+
+def max_chessboard_depth(mask: NDArray, limit: int | None = None) -> int:
+    """Largest chessboard distance of a True pixel to a False one inside the array (0 if none).
+
+    Args:
+        mask: 2-D boolean array.
+        limit: when given, the answer is ``min(depth, limit)`` (fewer dilations).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any() or mask.all():
+        return 0
+    high = max(mask.shape) if limit is None else max(int(limit), 1)
+    if limit is not None and (~square_dilate(~mask, high - 1)).any():
+        return high
+    low = 0  # the depth exceeds low and does not exceed high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if (~square_dilate(~mask, mid)).any():
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _edge_points(image: NDArray[np.float64], level: float) -> tuple[NDArray, NDArray]:
+    """Crossing points on the horizontal and vertical edges between pixel centres."""
+    left, right = image[:, :-1], image[:, 1:]
+    top, bottom = image[:-1, :], image[1:, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fh = np.where(right == left, 0.0, (level - left) / (right - left))
+        fv = np.where(bottom == top, 0.0, (level - top) / (bottom - top))
+    return fh, fv
+
+
+def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
+    """Iso-contours of a 2-D array at ``level`` by marching squares (``(row, col)`` points).
+
+    The points and their connectivity are those of ``skimage.measure.find_contours`` (low
+    values fully connected); a closed contour repeats its first point at the end.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    h, w = img.shape
+    if h < 2 or w < 2:
+        return []
+    fh, fv = _edge_points(img, level)
+    ul, ur = img[:-1, :-1] > level, img[:-1, 1:] > level
+    ll, lr = img[1:, :-1] > level, img[1:, 1:] > level
+    case = ul.astype(np.int8) + 2 * ur + 4 * ll + 8 * lr
+    # edge ids: top = horizontal edge (r, c), bottom = horizontal (r + 1, c),
+    # left = vertical edge (r, c), right = vertical (r, c + 1); vertical ids are offset
+    nh = h * (w - 1)
+    r, c = np.nonzero((case != 0) & (case != 15))
+    k = case[r, c]
+    top = r * (w - 1) + c
+    bottom = (r + 1) * (w - 1) + c
+    left = nh + r * w + c
+    right = nh + r * w + c + 1
+    table = {  # case -> segments as pairs of (edge name) following skimage's orientation
+        1: [("top", "left")],
+        2: [("right", "top")],
+        3: [("right", "left")],
+        4: [("left", "bottom")],
+        5: [("top", "bottom")],
+        6: [("right", "top"), ("left", "bottom")],  # saddle: low values fully connected
+        7: [("right", "bottom")],
+        8: [("bottom", "right")],
+        9: [("top", "left"), ("bottom", "right")],  # saddle: low values fully connected
+        10: [("bottom", "top")],
+        11: [("bottom", "left")],
+        12: [("left", "right")],
+        13: [("top", "right")],
+        14: [("left", "top")],
+    }
+    ids = {"top": top, "bottom": bottom, "left": left, "right": right}
+    seg_from, seg_to, seg_order = [], [], []
+    order = r * (w - 1) + c
+    for code, segments in table.items():
+        sel = k == code
+        if not sel.any():
+            continue
+        for j, (a, b) in enumerate(segments):
+            seg_from.append(ids[a][sel])
+            seg_to.append(ids[b][sel])
+            seg_order.append(order[sel] * 2 + j)
+    if not seg_from:
+        return []
+    src = np.concatenate(seg_from)
+    dst = np.concatenate(seg_to)
+    sort = np.argsort(np.concatenate(seg_order), kind="stable")
+    src, dst = src[sort].tolist(), dst[sort].tolist()
+    successor = dict(zip(src, dst, strict=True))
+    predecessor = dict(zip(dst, src, strict=True))
+    position = {node: i for i, node in enumerate(src)}
+    seen: set[int] = set()
+    chains = []
+    for start in src:
+        if start in seen:
+            continue
+        head = start  # an open contour starts where nothing leads into it
+        while head in predecessor:
+            head = predecessor[head]
+            if head == start:
+                break
+        chain = [head]
+        seen.add(head)
+        node = head
+        while node in successor:
+            node = successor[node]
+            chain.append(node)
+            if node == head:
+                break
+            seen.add(node)
+        if len(chain) > 2 and chain[-1] == chain[0]:  # closed: start where skimage does,
+            last = max(chain[:-1], key=position.__getitem__)  # after its last segment
+            at = chain.index(last) + 1
+            chain = chain[at:-1] + chain[:at] + [chain[at]]
+        chains.append(chain)
+    out = []
+    for chain in chains:
+        e = np.asarray(chain)
+        horizontal = e < nh
+        pts = np.empty((e.size, 2))
+        hr, hc = np.divmod(e[horizontal], w - 1)
+        pts[horizontal, 0] = hr
+        pts[horizontal, 1] = hc + fh[hr, hc]
+        vr, vc = np.divmod(e[~horizontal] - nh, w)
+        pts[~horizontal, 0] = vr + fv[vr, vc]
+        pts[~horizontal, 1] = vc
+        out.append(pts)
+    return out
+
+
+def _hull_chain(points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """One monotone chain of the hull (left turns kept), by rounds of vectorised removal.
+
+    A point that does not turn left between its current neighbours lies inside their hull, so
+    all such points can be dropped at once; rounds repeat until every turn is a left turn.
+    """
+    chain = points
+    while len(chain) > 2:
+        a, b, c = chain[:-2], chain[1:-1], chain[2:]
+        cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (
+            c[:, 0] - a[:, 0]
+        )
+        drop = cross <= 0
+        if not drop.any():
+            break
+        keep = np.ones(len(chain), dtype=bool)
+        keep[1:-1] = ~drop
+        chain = chain[keep]
+    return chain
+
+
+def convex_hull(points: NDArray) -> tuple[float, float] | None:
+    """Area and perimeter of the convex hull of 2-D points; None when they are collinear."""
+    pts = np.unique(np.asarray(points, dtype=np.float64), axis=0)  # sorted by x then y
+    if len(pts) < 3:
+        return None
+    hull = np.vstack([_hull_chain(pts)[:-1], _hull_chain(pts[::-1])[:-1]])
+    if len(hull) < 3:
+        return None
+    x, y = hull[:, 0], hull[:, 1]
+    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    if area <= 1e-12:
+        return None
+    perimeter = float(np.sum(np.hypot(np.diff(x, append=x[0]), np.diff(y, append=y[0]))))
+    return float(area), perimeter
+
+
+@dataclass(frozen=True)
+class RegionMoments:
+    """Second-moment description of a binary region (``skimage.measure.regionprops`` terms).
+
+    Attributes:
+        centroid: ``(row, col)``.
+        mu20: sum of squared row offsets; ``mu02``: of column offsets; ``mu11``: of products.
+        axis_major_length: length of the major axis of the equal-moment ellipse.
+        axis_minor_length: length of its minor axis.
+        orientation: angle (radians) between the row axis and the major axis.
+        eccentricity: of the ellipse.
+    """
+
+    centroid: tuple[float, float]
+    mu20: float
+    mu02: float
+    mu11: float
+    axis_major_length: float
+    axis_minor_length: float
+    orientation: float
+    eccentricity: float
+
+
+def region_moments(mask: NDArray) -> RegionMoments:
+    """Centroid, central moments and the equal-moment ellipse of a binary region."""
+    rows, cols = np.nonzero(mask)
+    r0, c0 = float(rows.mean()), float(cols.mean())
+    dr, dc = rows - r0, cols - c0
+    m00 = float(rows.size)
+    mu20, mu02, mu11 = float(np.sum(dr * dr)), float(np.sum(dc * dc)), float(np.sum(dr * dc))
+    a, b, c = mu02 / m00, -mu11 / m00, mu20 / m00  # inertia tensor [[a, b], [b, c]]
+    mean, spread = (a + c) / 2, math.hypot((a - c) / 2, b)
+    evs = (max(mean + spread, 0.0), max(mean - spread, 0.0))
+    if a - c == 0:
+        orientation = math.pi / 4 if b < 0 else -math.pi / 4
+    else:
+        orientation = 0.5 * math.atan2(-2 * b, c - a)
+    eccentricity = 0.0 if evs[0] == 0 else math.sqrt(1 - evs[1] / evs[0])
+    return RegionMoments(
+        centroid=(r0, c0),
+        mu20=mu20,
+        mu02=mu02,
+        mu11=mu11,
+        axis_major_length=4 * math.sqrt(evs[0]),
+        axis_minor_length=4 * math.sqrt(evs[1]),
+        orientation=orientation,
+        eccentricity=eccentricity,
+    )
+
+
+def glcm(levels: NDArray, n_levels: int) -> NDArray[np.float64]:
+    """Symmetric co-occurrence counts at distance 1, angles 0 and 90 degrees.
+
+    Returns:
+        array ``(n_levels, n_levels, 1, 2)`` as ``graycomatrix(levels, [1], [0, pi/2],
+        levels=n_levels, symmetric=True)``.
+    """
+    img = np.asarray(levels, dtype=np.int64)
+    out = np.zeros((n_levels, n_levels, 1, 2))
+    for a, (i, j) in enumerate(((img[:, :-1], img[:, 1:]), (img[1:, :], img[:-1, :]))):
+        counts = np.bincount((i * n_levels + j).ravel(), minlength=n_levels * n_levels)
+        counts = counts.reshape(n_levels, n_levels).astype(np.float64)
+        out[:, :, 0, a] = counts + counts.T
+    return out

@@ -1,0 +1,150 @@
+"""Outline-feature fusion: features of known shapes, the logistic fit, cross-fitting, parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk, ellipse, polygon
+from sklearn.linear_model import LogisticRegression
+
+from models import fusion as F
+from models.data import synthetic_lesions
+from models.exceptions import ModelError
+from models.export import export_onnx
+from models.geometry import RoiSpec
+from models.inference import OnnxLesionModel, analyze_image
+from models.train import TrainConfig, build_model, torch_runner
+
+SIZE = 200
+
+
+def _image(mask: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = np.full(mask.shape, 120.0) + rng.normal(0, 6, mask.shape)
+    image[mask] = 50.0
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _shape(kind: str) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    c = SIZE // 2
+    if kind == "circle":
+        mask[disk((c, c), 30, shape=mask.shape)] = True
+    elif kind == "ellipse":
+        mask[ellipse(c, c, 18, 36, shape=mask.shape)] = True
+    else:  # a ten-pointed star
+        angles = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        radii = np.where(np.arange(20) % 2 == 0, 42.0, 16.0)
+        mask[polygon(c + radii * np.sin(angles), c + radii * np.cos(angles), mask.shape)] = True
+    return mask
+
+
+def _features(kind: str) -> dict[str, float]:
+    mask = _shape(kind)
+    values = F.feature_vector(_image(mask), mask)
+    return dict(zip(F.FUSION_FEATURES, values, strict=True))
+
+
+def test_features_of_known_shapes() -> None:
+    circle, oval, star = _features("circle"), _features("ellipse"), _features("star")
+    assert len(F.FUSION_FEATURES) >= 25
+    assert circle["solidity"] > 0.97 and circle["convexity"] > 0.97
+    assert circle["axis_ratio"] > 0.95 and circle["circularity"] > 0.9
+    assert oval["axis_ratio"] == pytest.approx(18 / 36, abs=0.05)
+    assert oval["aspect"] == pytest.approx(18 / 36, abs=0.05)  # wider than tall
+    assert star["solidity"] < 0.75 and star["convexity"] < 0.9
+    assert star["angularity_deg"] > circle["angularity_deg"] + 30
+    assert star["spike_count"] >= 5 > circle["spike_count"]
+    assert circle["ring_contrast"] > 0.3  # the lesion is darker than its surroundings
+    empty = F.feature_vector(_image(_shape("circle")), np.zeros((SIZE, SIZE), bool))
+    assert np.isnan(empty).all()
+
+
+def _data(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, len(F.FUSION_FEATURES)))
+    logit = rng.normal(size=n)
+    truth = 1.2 * logit + 1.5 * features[:, 2] - 1.0 * features[:, 9]
+    y = (rng.random(n) < 1 / (1 + np.exp(-truth))).astype(float)
+    groups = [f"g{i // 2}" for i in range(n)]  # pairs of images per patient
+    return features, logit, y, groups
+
+
+def test_logistic_fit_matches_scikit_learn() -> None:
+    features, logit, y, _ = _data()
+    x = np.column_stack([features, logit])
+    for penalty in (1.0, 10.0):
+        coef, intercept = F.fit_logistic(x, y, penalty)
+        ref = LogisticRegression(C=1.0 / penalty, tol=1e-10, max_iter=10_000).fit(x, y)
+        np.testing.assert_allclose(coef, ref.coef_[0], atol=1e-4)
+        assert intercept == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+
+def test_a_case_is_never_scored_by_a_fit_that_saw_it() -> None:
+    features, logit, y, groups = _data(n=120)
+    x = np.column_stack([features, logit])
+    folds = F.group_folds(groups, y, 5, seed=0)
+    for g in set(groups):  # a patient's images share a fold
+        assert len({f for f, h in zip(folds, groups, strict=True) if h == g}) == 1
+    assert all((y[folds == f] == 1).any() and (y[folds == f] == 0).any() for f in range(5))
+    base = F.cross_fitted_logits(x, y, groups, 3.0, folds=folds)
+    assert np.allclose(base, F.cross_fitted_logits(x, y, groups, 3.0, k=5, seed=0))
+    for i in (0, 17, 64):  # flipping a case's label cannot change its own cross-fitted score
+        flipped = y.copy()
+        flipped[i] = 1 - flipped[i]
+        again = F.cross_fitted_logits(x, flipped, groups, 3.0, folds=folds)
+        assert again[i] == pytest.approx(base[i], abs=1e-9)
+        assert np.abs(again - base).max() > 1e-6  # ... though it changes others' scores
+    in_sample = F.FusionModel.fit(x, y, 3.0).logits(x)
+    assert not np.allclose(in_sample, base)
+
+
+def test_fusion_is_kept_only_when_it_beats_the_network_out_of_fold() -> None:
+    features, logit, y, groups = _data()
+    model, logits, report = F.choose_fusion(features, logit, y, groups)
+    assert report["used"] and model is not None
+    assert report["auc_fused_cross_fitted"] > report["auc_network"]
+    x = np.column_stack([features, logit])
+    expected = F.cross_fitted_logits(x, y, groups, report["penalty"], k=5, seed=0)
+    np.testing.assert_allclose(logits, expected)  # what calibrates is the cross-fitted score
+    noise = np.random.default_rng(5).normal(size=features.shape)
+    strong = 4.0 * (y - 0.5) + np.random.default_rng(6).normal(size=len(y)) * 0.3
+    model, logits, report = F.choose_fusion(noise, strong, y, groups)
+    if not report["used"]:
+        assert model is None and np.array_equal(logits, strong)
+
+
+def test_round_trip_through_json_and_bad_metadata() -> None:
+    features, logit, y, _ = _data(n=80)
+    model = F.FusionModel.fit(np.column_stack([features, logit]), y, 1.0)
+    again = F.FusionModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    bad = model.to_dict()
+    bad["inputs"] = list(bad["inputs"])[:-1]
+    with pytest.raises(ModelError):
+        F.FusionModel.from_dict(bad)
+    with pytest.raises(ModelError):
+        F.FusionModel.from_dict({"inputs": []})
+
+
+def test_fused_logits_agree_between_onnx_and_pytorch(tmp_path) -> None:
+    config = TrainConfig(
+        features=(8, 16, 32, 64),
+        subunits=(1, 1, 1, 1),
+        spec=RoiSpec(crop_size=48, pass1_fractions=(0.15, 0.3, 0.5)),
+    )
+    torch.manual_seed(0)
+    network = build_model(config).eval()
+    onnx = OnnxLesionModel(export_onnx(network, tmp_path / "m.onnx"), num_threads=1)
+    samples = synthetic_lesions(4, seed=2, size=(96, 112))
+    features, logit, y, _ = _data(n=80)
+    model = F.FusionModel.fit(np.column_stack([features, logit]), y, 1.0)
+    runner = torch_runner(network)
+    for s in samples:
+        a = model.apply(s.image, onnx.analyze(s.image, s.seed))
+        b = model.apply(s.image, analyze_image(s.image, s.seed, config.spec, runner, onnx.heads))
+        assert np.array_equal(a.mask, b.mask)
+        assert a.malignancy_logit == pytest.approx(b.malignancy_logit, abs=1e-3)
