@@ -2,7 +2,10 @@
 
 Each site is a folder a hospital export could be (``site-<letter>/images``, ``masks``,
 ``cases.csv``), acquired with one of :data:`SCANNER_PROFILES` (cycled across sites), so sites
-differ in speckle size, depth, gain, dynamic range and noise like real hospitals do.
+differ in speckle size, depth, gain, dynamic range and noise like real hospitals do. Images are
+at most 384 px on their longest side (0.107-0.125 mm per pixel), as the real sites' are, and
+lesion boxes follow the real sites' size distribution (median width ~0.31 of the longest side,
+see ``_phantom_render.LESION_EXTENT``); every margin term is drawn several pixels large.
 
 Malignancy model. Descriptors are drawn first, from one of two mixtures (benign-looking or
 suspicious, see ``_BENIGN_LOOKING`` and ``_SUSPICIOUS``), which makes the terms co-occur as they
@@ -81,7 +84,7 @@ __all__ = [
     "site_name",
 ]
 
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "2.0"
 _T = TypeVar("_T")
 NORMAL_SHARE = 0.10
 TWO_VIEW_SHARE = 0.20
@@ -115,9 +118,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=14.0,
             pulse_cycles=4.0,
             f_number=4.0,
-            depth_mm=32.0,
-            height=256,
-            width=256,
+            depth_mm=36.0,
+            height=336,
+            width=384,
             gain_db=0.0,
             dynamic_range_db=55.0,
             noise_db=-62.0,
@@ -130,9 +133,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=10.0,
             pulse_cycles=3.5,
             f_number=4.5,
-            depth_mm=40.0,
-            height=256,
-            width=272,
+            depth_mm=42.0,
+            height=352,
+            width=384,
             gain_db=3.0,
             dynamic_range_db=62.0,
             noise_db=-58.0,
@@ -146,8 +149,8 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             pulse_cycles=3.0,
             f_number=4.5,
             depth_mm=46.0,
-            height=272,
-            width=240,
+            height=384,
+            width=352,
             gain_db=1.0,
             dynamic_range_db=50.0,
             noise_db=-50.0,
@@ -160,9 +163,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=6.0,
             pulse_cycles=3.0,
             f_number=5.0,
-            depth_mm=40.0,
-            height=240,
-            width=256,
+            depth_mm=44.0,
+            height=368,
+            width=384,
             gain_db=5.0,
             dynamic_range_db=45.0,
             noise_db=-44.0,
