@@ -154,6 +154,23 @@ def test_site_folder_holds_images_masks_and_csv(tmp_path: Path) -> None:
         assert len({r["image"] for r in same}) == count
 
 
+def test_a_second_batch_holds_new_patients_of_the_same_sites(export: Path, tmp_path: Path) -> None:
+    """A later export: same site folders and scanners, new patients, none of batch 1's images."""
+    generate_sites(tmp_path, sites=2, cases=8, seed=11, batch=2)
+
+    for site in ("site-a", "site-b"):
+        first, second = _rows(export / site), _rows(tmp_path / site)
+        assert len(second) == 8
+        assert {r["patient_id"] for r in first}.isdisjoint({r["patient_id"] for r in second})
+        assert second[0]["patient_id"] == f"{site[-1]}p10000"
+        assert {r["device"] for r in first} == {r["device"] for r in second}
+        old_images = {(export / site / r["image"]).read_bytes() for r in first}
+        assert not old_images & {(tmp_path / site / r["image"]).read_bytes() for r in second}
+    again = tmp_path / "again"
+    generate_sites(again, sites=2, cases=8, seed=11, batch=2)
+    assert _files(again / "site-a") == _files(tmp_path / "site-a")
+
+
 def test_sharpness_makes_pathology_follow_the_lexicon_more_closely() -> None:
     """Sharper log-odds: the same terms, fewer benign-looking cancers (higher AUC ceiling)."""
     from sklearn.metrics import roc_auc_score
@@ -177,7 +194,8 @@ def test_sharpness_makes_pathology_follow_the_lexicon_more_closely() -> None:
     [
         (lambda out: generate_sites(out, sites=0, cases=1, seed=0), "sites must be 1..26"),
         (lambda out: generate_sites(out, sites=27, cases=1, seed=0), "sites must be 1..26"),
-        (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be at least 1"),
+        (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be 1.."),
+        (lambda out: generate_sites(out, sites=1, cases=1, seed=0, batch=0), "batch must be"),
         (lambda out: generate_sites(out, sites=1, cases=1, seed=-1), "seed must be"),
         (
             lambda out: generate_sites(out, sites=1, cases=1, seed=0, sharpness=0.0),
