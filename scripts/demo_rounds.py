@@ -46,17 +46,28 @@ def _line(row: dict, total: str) -> str:
     )
 
 
+def _fresh(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except OSError:
+        return False
+
+
 def main() -> int:
     path, pid = Path(sys.argv[1]), int(sys.argv[2])
     total = f"/{sys.argv[3]}" if len(sys.argv) > 3 else ""
-    printed = 0
+    start, printed = time.time() - 1.0, 0
     while True:
         running = _alive(pid)
-        rows = _rows(path)
+        rows = _rows(path) if _fresh(path, start) else []  # not a previous run's history
         for row in rows[printed:]:
             print(_line(row, total), flush=True)
         printed = max(printed, len(rows))
         if not running:
+            if not printed and path.is_file():
+                print("  (unchanged: DVC kept the previous run; its rounds were)", flush=True)
+                for row in _rows(path):
+                    print(_line(row, total), flush=True)
             return 0
         time.sleep(1.0)
 
