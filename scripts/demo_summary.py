@@ -57,15 +57,18 @@ def _last(history: Path) -> dict:
 print()
 print("What changed from 1.0.0 to 1.1.0:")
 before, after = (_training(release) for _, _, release, _ in cycles)
-for site, info in (after.get("registries") or {}).items():
-    old = (before.get("registries") or {}).get(site, {})
+for site, info in (after.get("sites") or {}).items():
+    old = (before.get("sites") or {}).get(site, {})
     print(
-        f"  {site}: registry version {old.get('version', '?')} -> {info.get('version', '?')}"
-        f" ({info.get('cases', info.get('eligible', '?'))} cases used in cycle 1)"
+        f"  {site}: registry version {old.get('registry_version', '?')} -> "
+        f"{info.get('registry_version', '?')}; trained on {old.get('num_examples', '?')} cases "
+        f"in cycle 0, then {info.get('new_cases', '?')} new + "
+        f"{info.get('rehearsal_cases', '?')} rehearsal cases in cycle 1"
     )
-for key in ("since", "rehearsal_size", "cycle"):
-    if key in after:
-        print(f"  {key}: {after[key]}")
+print(
+    f"  local validation (thresholds, calibration): {before.get('validation_cases', '?')} -> "
+    f"{after.get('validation_cases', '?')} cases"
+)
 first, second = (_last(history) for *_, history in cycles)
 print(
     f"  locked-test AUC {first['auc']:.3f} -> {second['auc']:.3f}, "
