@@ -41,6 +41,38 @@ _FLUID_LEVEL = 0.03  # -30 dB: black after log compression
 _FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 _ANGLES = 720  # samples of a lesion outline's radius function
 _THETA = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
+REFERENCE_SIDE_PX = 384  # longest image side the lesion sizes refer to (every profile's)
+_MIN_EDGE_PX = 6.0  # indistinct margin: sigmoid scale; 10-90 % over 2.4x this
+_MIN_LOBE_PX = 6.0  # microlobulation depth, notch to crest
+_MIN_SPICULE_PX = 5.0  # spicule half-width at its base
+
+
+@dataclass(frozen=True)
+class ExtentDistribution:
+    """Longer side of a lesion's traced bounding box over the image's longest side: lognormal,
+    clipped to ``[low, high]``.
+
+    Attributes:
+        median: the lognormal's median.
+        log_sd: standard deviation of the natural log.
+        low: smallest extent drawn.
+        high: largest extent drawn (the lesion and its posterior region must fit).
+    """
+
+    median: float
+    log_sd: float
+    low: float
+    high: float
+
+    def sample(self, rng: np.random.Generator) -> float:
+        """One extent."""
+        value = self.median * math.exp(self.log_sd * float(rng.standard_normal()))
+        return float(np.clip(value, self.low, self.high))
+
+
+# Fitted to the three real sites' reader masks (../shared/data, 2,181 lesions; max(box w, h) /
+# longest side: BUSI median 0.318, BUS-BRA 0.344, BrEaST 0.297; log sd 0.62, 0.45, 0.55).
+LESION_EXTENT = ExtentDistribution(median=0.36, log_sd=0.5, low=0.10, high=0.62)
 
 
 @dataclass(frozen=True)
@@ -103,7 +135,8 @@ class LesionLook:
 
     The outline is a radius per angle around an ellipse, in units of the ellipse's own radius:
     ``mask_radius`` is what the reader traced, ``image_radius`` is what the tissue shows (the
-    same, except that spicules run on past the traced outline).
+    same, except that spicules run on past the traced outline). Sizes in pixels refer to an
+    image whose longest side is :data:`REFERENCE_SIDE_PX`; a view in another image scales them.
 
     Attributes:
         semi_major_px: half of the ellipse's long axis.
@@ -149,6 +182,10 @@ class _Layers:
 def sample_look(rng: np.random.Generator, descriptors: Descriptors) -> LesionLook:
     """Draw a lesion outline and appearance that show ``descriptors``.
 
+    The traced outline's bounding box has its longer side drawn from :data:`LESION_EXTENT`
+    (the real sites' distribution), and every margin term is drawn several pixels and a few
+    per cent of the lesion's radius large, so it survives speckle and the network's crop.
+
     Args:
         rng: source of randomness.
         descriptors: lexicon terms of a mass; every term must be set.
@@ -156,18 +193,25 @@ def sample_look(rng: np.random.Generator, descriptors: Descriptors) -> LesionLoo
     Returns:
         The lesion's look, to be placed and rendered by :func:`render`.
     """
-    semi_major = float(rng.uniform(8.0, 45.0))
+    extent = LESION_EXTENT.sample(rng)
     aspect, tilt = _axis_pose(rng, descriptors.shape, descriptors.orientation)
     base = 1.0 + _undulations(rng, descriptors.shape)
-    traced, shown = _margin_profiles(rng, descriptors.margin, semi_major * (1 + 1 / aspect) / 2)
+    semi_major = extent * REFERENCE_SIDE_PX / 2
+    mean_radius_px = semi_major * (1 + 1 / aspect) / 2
+    traced, shown = _margin_profiles(rng, descriptors.margin, mean_radius_px)
+    mask_radius = np.clip(base + traced, 0.35, None)
+    # scale the ellipse so that the traced outline's box has the drawn longer side
+    half_w, half_h = _outline_extent(mask_radius, 1.0, 1.0 / aspect, np.deg2rad(tilt))
+    semi_major = extent * REFERENCE_SIDE_PX / 2 / max(half_w, half_h)
     indistinct = Margin.INDISTINCT in descriptors.margin
+    edge = max(_MIN_EDGE_PX, float(rng.uniform(0.07, 0.11)) * mean_radius_px)
     return LesionLook(
-        semi_major_px=semi_major,
+        semi_major_px=float(semi_major),
         aspect=aspect,
         tilt_deg=tilt,
-        mask_radius=np.clip(base + traced, 0.35, None),
+        mask_radius=mask_radius,
         image_radius=np.clip(base + shown, 0.35, None),
-        edge_px=float(rng.uniform(2.5, 4.5)) if indistinct else 0.6,
+        edge_px=edge if indistinct else 0.6,
         echo_pattern=descriptors.echo_pattern,
         echo_level=_echo_level(rng, descriptors.echo_pattern),
         posterior_db=_posterior_db(rng, descriptors.posterior_features),
@@ -185,9 +229,9 @@ def _axis_pose(
     elif orientation is Orientation.NOT_PARALLEL:
         aspect = rng.uniform(1.4, 1.9)
     elif shape is Shape.OVAL:
-        aspect = rng.uniform(1.35, 2.0)
+        aspect = rng.uniform(1.45, 2.2)
     else:
-        aspect = rng.uniform(1.1, 1.6)
+        aspect = rng.uniform(1.25, 1.8)
     tilt = rng.uniform(-12.0, 12.0)
     if orientation is Orientation.NOT_PARALLEL:
         tilt += 90.0
@@ -226,20 +270,26 @@ def _tents(
 def _margin_profiles(
     rng: np.random.Generator, margin: tuple[Margin, ...], radius_px: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Radius perturbations of the margin terms: (traced by the reader, shown in the image)."""
+    """Radius perturbations of the margin terms: (traced by the reader, shown in the image).
+
+    Each term is drawn at least a resolution cell large (several pixels: the lateral speckle
+    of the coarsest profile is ~10 px wide) and a fixed share of the radius, so it still spans
+    a few pixels of the network's crop, which frames the lesion at a constant size.
+    """
     traced = np.zeros(_ANGLES)
     spicules = np.zeros(_ANGLES)
     if Margin.INDISTINCT in margin:
         traced += _harmonics(rng, range(7, 15), (0.0, 0.025))
     if Margin.MICROLOBULATED in margin:
-        lobes = int(np.clip(2 * np.pi * radius_px / rng.uniform(5.0, 8.0), 8, 28))
-        depth = rng.uniform(1.8, 3.0) / radius_px
+        lobes = int(np.clip(2 * np.pi * radius_px / rng.uniform(14.0, 22.0), 10, 18))
+        depth = max(_MIN_LOBE_PX, float(rng.uniform(0.12, 0.16)) * radius_px) / radius_px
+        # |sin| scallops: round outward lobes with sharp notches between them
         traced += depth * (np.abs(np.sin(lobes * _THETA / 2 + rng.uniform(0, np.pi))) - 0.6)
     if Margin.ANGULAR in margin:
         traced += _tents(rng, int(rng.integers(3, 6)), (0.25, 0.4), rng.uniform(0.22, 0.35))
     if Margin.SPICULATED in margin:
-        width = max(0.05, 2.0 / radius_px)
-        spicules = _tents(rng, int(rng.integers(7, 14)), (0.45, 0.9), width)
+        width = max(float(rng.uniform(0.09, 0.12)), _MIN_SPICULE_PX / radius_px)
+        spicules = _tents(rng, int(rng.integers(6, 11)), (0.5, 0.9), width)
     return traced + 0.5 * spicules, traced + spicules
 
 
@@ -385,10 +435,10 @@ class _Pose:
     tilt: float
 
 
-def _outline_extent(look: LesionLook, a: float, b: float, tilt: float) -> tuple[float, float]:
-    """Half width and half height of the rendered outline."""
-    u = a * look.image_radius * np.cos(_THETA)
-    v = b * look.image_radius * np.sin(_THETA)
+def _outline_extent(radius: np.ndarray, a: float, b: float, tilt: float) -> tuple[float, float]:
+    """Half width and half height of an outline (relative ``radius`` at ``_THETA``)."""
+    u = a * radius * np.cos(_THETA)
+    v = b * radius * np.sin(_THETA)
     x = u * np.cos(tilt) - v * np.sin(tilt)
     y = u * np.sin(tilt) + v * np.cos(tilt)
     return float(np.abs(x).max()), float(np.abs(y).max())
@@ -398,11 +448,11 @@ def _place(
     rng: np.random.Generator, look: LesionLook, layers: _Layers, shape: tuple[int, int]
 ) -> _Pose:
     """Pose of one view: the lesion's own tilt and size, jittered, centred in the gland."""
-    scale = rng.uniform(0.93, 1.07)
+    scale = rng.uniform(0.93, 1.07) * max(shape) / REFERENCE_SIDE_PX
     a = look.semi_major_px * scale
     b = a / look.aspect
     tilt = np.deg2rad(look.tilt_deg + rng.uniform(-5, 5))
-    half_w, half_h = _outline_extent(look, a, b, tilt)
+    half_w, half_h = _outline_extent(look.image_radius, a, b, tilt)
     height, width = shape
     cx = rng.uniform(half_w + 4, max(half_w + 4, width - half_w - 4))
     column = int(np.clip(cx, 0, width - 1))
@@ -421,7 +471,7 @@ def _draw_lesion(
         The traced mask and the lesion's excess attenuation (dB) accumulated down each column.
     """
     height, width = amp.shape
-    half_w, half_h = _outline_extent(look, pose.a, pose.b, pose.tilt)
+    half_w, half_h = _outline_extent(look.image_radius, pose.a, pose.b, pose.tilt)
     pad = 3 * look.edge_px + 3
     x0, x1 = max(0, int(pose.cx - half_w - pad)), min(width, int(pose.cx + half_w + pad) + 1)
     y0, y1 = max(0, int(pose.cy - half_h - pad)), min(height, int(pose.cy + half_h + pad) + 1)
@@ -441,7 +491,7 @@ def _draw_lesion(
     crop = amp[y0:y1, x0:x1]
     crop[:] = crop * (1 - weight) + interior * weight
     if look.capsule:
-        crop[:] += np.exp(-(distance**2)) * (_CAPSULE_LEVEL - crop)
+        crop[:] += np.exp(-((distance / 1.2) ** 2)) * (_CAPSULE_LEVEL - crop)
 
     mask = np.zeros(amp.shape, dtype=bool)
     mask[y0:y1, x0:x1] = rho < traced

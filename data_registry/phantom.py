@@ -2,7 +2,10 @@
 
 Each site is a folder a hospital export could be (``site-<letter>/images``, ``masks``,
 ``cases.csv``), acquired with one of :data:`SCANNER_PROFILES` (cycled across sites), so sites
-differ in speckle size, depth, gain, dynamic range and noise like real hospitals do.
+differ in speckle size, depth, gain, dynamic range and noise like real hospitals do. Images are
+at most 384 px on their longest side (0.107-0.125 mm per pixel), as the real sites' are, and
+lesion boxes follow the real sites' size distribution (median width ~0.31 of the longest side,
+see ``_phantom_render.LESION_EXTENT``); every margin term is drawn several pixels large.
 
 Malignancy model. Descriptors are drawn first, from one of two mixtures (benign-looking or
 suspicious, see ``_BENIGN_LOOKING`` and ``_SUSPICIOUS``), which makes the terms co-occur as they
@@ -62,6 +65,7 @@ from data_registry.schema import (
 )
 
 __all__ = [
+    "BATCH_PATIENTS",
     "CSV_COLUMNS",
     "NORMAL_SHARE",
     "PHANTOM_VERSION",
@@ -81,10 +85,11 @@ __all__ = [
     "site_name",
 ]
 
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "2.0"
 _T = TypeVar("_T")
 NORMAL_SHARE = 0.10
 TWO_VIEW_SHARE = 0.20
+BATCH_PATIENTS = 10_000  # patient indices per batch: batch b starts at (b - 1) x this
 
 CSV_COLUMNS = (
     "case_id",
@@ -115,9 +120,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=14.0,
             pulse_cycles=4.0,
             f_number=4.0,
-            depth_mm=32.0,
-            height=256,
-            width=256,
+            depth_mm=36.0,
+            height=336,
+            width=384,
             gain_db=0.0,
             dynamic_range_db=55.0,
             noise_db=-62.0,
@@ -130,9 +135,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=10.0,
             pulse_cycles=3.5,
             f_number=4.5,
-            depth_mm=40.0,
-            height=256,
-            width=272,
+            depth_mm=42.0,
+            height=352,
+            width=384,
             gain_db=3.0,
             dynamic_range_db=62.0,
             noise_db=-58.0,
@@ -146,8 +151,8 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             pulse_cycles=3.0,
             f_number=4.5,
             depth_mm=46.0,
-            height=272,
-            width=240,
+            height=384,
+            width=352,
             gain_db=1.0,
             dynamic_range_db=50.0,
             noise_db=-50.0,
@@ -160,9 +165,9 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {
             centre_mhz=6.0,
             pulse_cycles=3.0,
             f_number=5.0,
-            depth_mm=40.0,
-            height=240,
-            width=256,
+            depth_mm=44.0,
+            height=368,
+            width=384,
             gain_db=5.0,
             dynamic_range_db=45.0,
             noise_db=-44.0,
@@ -482,11 +487,13 @@ def _check_sharpness(sharpness: float) -> None:
         raise ValueError(f"sharpness must lie in [0.25, 4], got {sharpness}")
 
 
-def _check_counts(cases: int, seed: int) -> None:
-    if cases < 1:
-        raise ValueError(f"cases must be at least 1, got {cases}")
+def _check_counts(cases: int, seed: int, batch: int = 1) -> None:
+    if not 1 <= cases <= BATCH_PATIENTS:
+        raise ValueError(f"cases must be 1..{BATCH_PATIENTS}, got {cases}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if not 1 <= batch <= 9:
+        raise ValueError(f"batch must be 1..9, got {batch}")
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
@@ -539,6 +546,7 @@ def generate_site(
     seed: int,
     sharpness: float = 1.0,
     progress: bool = False,
+    batch: int = 1,
 ) -> Path:
     """Render one site's export into ``out_dir/site-<letter>``.
 
@@ -549,6 +557,9 @@ def generate_site(
         seed: the generation seed.
         sharpness: log-odds multiplier of the malignancy model (:func:`malignancy_probability`).
         progress: show a progress bar.
+        batch: which export of the site: batch ``b`` holds new patients, numbered from
+            ``(b - 1) x BATCH_PATIENTS`` (ids ``ap10000`` … for batch 2), as a hospital's
+            later export of newly confirmed cases would; batch 1 is the first export.
 
     Returns:
         The site folder. ``cases.csv`` is written last, by atomic rename.
@@ -556,7 +567,7 @@ def generate_site(
     Raises:
         ValueError: if an argument is out of range.
     """
-    _check_counts(cases, seed)
+    _check_counts(cases, seed, batch)
     _check_sharpness(sharpness)
     site = site_name(site_index)
     profile = profile_for_site(site_index)
@@ -565,7 +576,7 @@ def generate_site(
         (site_dir / sub).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     with tqdm(total=cases, desc=site, disable=not progress, unit="img") as bar:
-        patient_index = 0
+        patient_index = (batch - 1) * BATCH_PATIENTS
         while len(rows) < cases:
             rng = np.random.default_rng([seed, site_index, patient_index])
             patient = _sample_patient(rng, sharpness)
@@ -596,6 +607,7 @@ def generate_sites(
     seed: int,
     sharpness: float = 1.0,
     progress: bool = False,
+    batch: int = 1,
 ) -> list[Path]:
     """Render ``sites`` site exports of ``cases`` images each, plus ``phantom.json``.
 
@@ -606,6 +618,8 @@ def generate_sites(
         seed: the generation seed (non-negative); the same seed gives identical bytes.
         sharpness: log-odds multiplier of the malignancy model (1: the lexicon's PPVs).
         progress: show a progress bar per site.
+        batch: 1 for a first export; 2 or more for a later export of new patients of the
+            same sites (see :func:`generate_site`).
 
     Returns:
         The site folders, in order.
@@ -615,13 +629,19 @@ def generate_sites(
     """
     if not 1 <= sites <= 26:
         raise ValueError(f"sites must be 1..26 (one letter per site), got {sites}")
-    _check_counts(cases, seed)
+    _check_counts(cases, seed, batch)
     _check_sharpness(sharpness)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dirs = [
         generate_site(
-            out, site_index=i, cases=cases, seed=seed, sharpness=sharpness, progress=progress
+            out,
+            site_index=i,
+            cases=cases,
+            seed=seed,
+            sharpness=sharpness,
+            progress=progress,
+            batch=batch,
         )
         for i in range(sites)
     ]
@@ -631,6 +651,7 @@ def generate_sites(
         "seed": seed,
         "sites": sites,
         "cases": cases,
+        "batch": batch,
         "sharpness": sharpness,
         "site_profiles": {site_name(i): profile_for_site(i).name for i in range(sites)},
         "profiles": {name: asdict(p) for name, p in SCANNER_PROFILES.items()},

@@ -20,6 +20,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             sharpness=args.sharpness,
             progress=not args.quiet,
+            batch=args.batch,
         )
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -45,6 +46,13 @@ def register(roles: argparse._SubParsersAction) -> None:
         default=1.0,
         help="multiplier of the malignancy log-odds: 1 (default) keeps the BI-RADS lexicon's "
         "positive predictive values; above 1 pathology follows the visible terms more closely",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="1 (default): a first export; 2 or more: a later export of newly confirmed cases "
+        "of new patients of the same sites (patient ids from (batch - 1) x 10000)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run)

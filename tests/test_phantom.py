@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydantic import TypeAdapter
 from scipy import ndimage
-from skimage.measure import regionprops
+from skimage.measure import find_contours, regionprops
 
 from data_registry._phantom_render import speckle_envelope
 from data_registry.exceptions import SourceError
@@ -154,6 +154,23 @@ def test_site_folder_holds_images_masks_and_csv(tmp_path: Path) -> None:
         assert len({r["image"] for r in same}) == count
 
 
+def test_a_second_batch_holds_new_patients_of_the_same_sites(export: Path, tmp_path: Path) -> None:
+    """A later export: same site folders and scanners, new patients, none of batch 1's images."""
+    generate_sites(tmp_path, sites=2, cases=8, seed=11, batch=2)
+
+    for site in ("site-a", "site-b"):
+        first, second = _rows(export / site), _rows(tmp_path / site)
+        assert len(second) == 8
+        assert {r["patient_id"] for r in first}.isdisjoint({r["patient_id"] for r in second})
+        assert second[0]["patient_id"] == f"{site[-1]}p10000"
+        assert {r["device"] for r in first} == {r["device"] for r in second}
+        old_images = {(export / site / r["image"]).read_bytes() for r in first}
+        assert not old_images & {(tmp_path / site / r["image"]).read_bytes() for r in second}
+    again = tmp_path / "again"
+    generate_sites(again, sites=2, cases=8, seed=11, batch=2)
+    assert _files(again / "site-a") == _files(tmp_path / "site-a")
+
+
 def test_sharpness_makes_pathology_follow_the_lexicon_more_closely() -> None:
     """Sharper log-odds: the same terms, fewer benign-looking cancers (higher AUC ceiling)."""
     from sklearn.metrics import roc_auc_score
@@ -177,7 +194,8 @@ def test_sharpness_makes_pathology_follow_the_lexicon_more_closely() -> None:
     [
         (lambda out: generate_sites(out, sites=0, cases=1, seed=0), "sites must be 1..26"),
         (lambda out: generate_sites(out, sites=27, cases=1, seed=0), "sites must be 1..26"),
-        (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be at least 1"),
+        (lambda out: generate_sites(out, sites=1, cases=0, seed=0), "cases must be 1.."),
+        (lambda out: generate_sites(out, sites=1, cases=1, seed=0, batch=0), "batch must be"),
         (lambda out: generate_sites(out, sites=1, cases=1, seed=-1), "seed must be"),
         (
             lambda out: generate_sites(out, sites=1, cases=1, seed=0, sharpness=0.0),
@@ -280,6 +298,170 @@ def test_speckle_is_fully_developed() -> None:
 
     assert envelope.mean() / envelope.std() == pytest.approx(1.913, abs=0.05)  # Rayleigh
     assert np.mean(envelope**2) == pytest.approx(1.0, abs=0.05)
+
+
+# --- lesion size and margins at the image's resolution ----------------------------------
+
+# The real sites' lesion boxes (largest component of each reader mask, bounding box over the
+# image's longest side; quantiles 10/50/90 of width, then of height), measured on
+# ../shared/data with ``_real_extents`` below:
+#   .venv/bin/python -c "from tests.test_phantom import _real_extents; from pathlib import Path;
+#   print(_real_extents(Path('../shared/data')))"
+REAL_EXTENTS = {
+    "busi": (511, (0.120, 0.312, 0.641), (0.078, 0.190, 0.435)),
+    "bus_bra": (1493, (0.178, 0.341, 0.594), (0.112, 0.215, 0.385)),
+    "breast_lesions_usg": (177, (0.133, 0.276, 0.560), (0.102, 0.201, 0.386)),
+}
+
+
+def _box_extent(mask: np.ndarray) -> tuple[float, float]:
+    """Width and height of the largest component's bounding box over the longest image side."""
+    labels, count = ndimage.label(mask)
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    rows, cols = ndimage.find_objects((labels == 1 + int(np.argmax(sizes))).astype(np.uint8))[0]
+    side = max(mask.shape)
+    return (cols.stop - cols.start) / side, (rows.stop - rows.start) / side
+
+
+def _quantiles(values: list[float]) -> tuple[float, float, float]:
+    q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return round(float(q10), 3), round(float(q50), 3), round(float(q90), 3)
+
+
+def _real_extents(root: Path) -> dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]]:
+    """:data:`REAL_EXTENTS`, measured again on the real sites' masks under ``root``."""
+    masks = {
+        "busi": [p for p in root.glob("busi/*/*_mask.png") if p.parent.name != "normal"],
+        "bus_bra": list(root.glob("bus_bra/Masks/mask_*.png")),
+        "breast_lesions_usg": list(root.glob("breast_lesions_usg/*/case*_tumor.png")),
+    }
+    measured = {}
+    for site, paths in masks.items():
+        boxes = []
+        for path in sorted(paths):
+            mask = np.asarray(Image.open(path).convert("L")) > 127
+            if mask.any():
+                boxes.append(_box_extent(mask))
+        widths, heights = zip(*boxes, strict=True)
+        measured[site] = (len(boxes), _quantiles(widths), _quantiles(heights))
+    return measured
+
+
+@pytest.mark.realdata
+def test_the_cited_real_lesion_sizes_are_measured(real_data: Path) -> None:
+    assert _real_extents(real_data) == REAL_EXTENTS
+
+
+def test_lesion_sizes_follow_the_real_sites() -> None:
+    """Phantom boxes over the longest side, drawn as the pipeline draws them, against the real
+    sites' range: width quantiles within 0.04 of the real sites' span, heights a little taller
+    (the lexicon's not-parallel masses stand upright more often than real ones)."""
+    boxes = []
+    for i in range(120):
+        rng = np.random.default_rng([31, i])
+        _, mask = render_case(rng, PROFILES[i % len(PROFILES)], lesion=sample_lesion(rng))
+        boxes.append(_box_extent(mask))
+    widths, heights = (_quantiles(v) for v in zip(*boxes, strict=True))
+    real = list(REAL_EXTENTS.values())
+    for k in range(3):
+        real_w = [w[k] for _, w, _ in real]
+        real_h = [h[k] for _, _, h in real]
+        assert min(real_w) - 0.04 <= widths[k] <= max(real_w) + 0.04, (k, widths)
+        assert min(real_h) - 0.04 <= heights[k] <= max(real_h) + 0.07, (k, heights)
+
+
+def _outline(mask: np.ndarray) -> tuple[np.ndarray, object]:
+    contour = max(find_contours(np.pad(mask, 1).astype(float), 0.5), key=len) - 1
+    return contour, regionprops(mask.astype(np.uint8))[0]
+
+
+def _outline_detail_px(mask: np.ndarray, orders: int = 6, bins: int = 360) -> float:
+    """RMS (pixels) of the outline's radius about its moment ellipse beyond angular order
+    ``orders``: what is left once shape and orientation are taken out."""
+    contour, props = _outline(mask)
+    cy, cx = props.centroid
+    a, b = props.axis_major_length / 2, props.axis_minor_length / 2
+    dy, dx = contour[:, 0] - cy, contour[:, 1] - cx
+    major = dy * np.cos(props.orientation) + dx * np.sin(props.orientation)
+    minor = -dy * np.sin(props.orientation) + dx * np.cos(props.orientation)
+    index = ((np.arctan2(minor / b, major / a) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    radius = np.zeros(bins)
+    np.maximum.at(radius, index, np.hypot(minor / b, major / a))
+    seen = np.flatnonzero(radius > 0)
+    radius = np.interp(np.arange(bins), seen, radius[seen], period=bins)
+    spectrum = np.fft.rfft(radius)
+    spectrum[: orders + 1] = 0
+    return float(np.sqrt(np.mean(np.fft.irfft(spectrum, bins) ** 2)) * np.sqrt(a * b))
+
+
+def _sharpest_corner_deg(mask: np.ndarray, chord_px: int = 8) -> float:
+    """Largest turn of the outline's direction between chords ``chord_px`` long (degrees)."""
+    contour, _ = _outline(mask)
+    along = np.r_[0, np.cumsum(np.hypot(*np.diff(contour, axis=0).T))]
+    steps = np.arange(int(along[-1]))
+    points = np.c_[np.interp(steps, along, contour[:, 0]), np.interp(steps, along, contour[:, 1])]
+    back = points - np.roll(points, chord_px, axis=0)
+    ahead = np.roll(points, -chord_px, axis=0) - points
+    cosine = np.sum(back * ahead, axis=1) / (np.hypot(*back.T) * np.hypot(*ahead.T))
+    return float(np.degrees(np.arccos(np.clip(cosine, -1, 1))).max())
+
+
+def _edge_width_px(image: np.ndarray, mask: np.ndarray) -> float:
+    """Lesion-to-surround contrast over the steepest slope of the mean grey profile across
+    the traced boundary (by signed distance): about the 12-88 % width of the transition."""
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    distance = np.round(np.where(mask, 0.5 - inside, outside - 0.5)).astype(int)
+    profile = np.array([image[distance == d].mean() for d in range(-8, 9)])
+    core = image[inside >= 0.6 * inside.max()].mean()
+    ring = image[(outside > 12) & (outside <= 20)].mean()
+    slope = np.abs(np.diff(ndimage.uniform_filter1d(profile, 3))).max()
+    return float(abs(ring - core) / slope)
+
+
+def _masks(descriptors: Descriptors) -> list[np.ndarray]:
+    return [mask for _, _, mask in _renders(descriptors, count=8)]
+
+
+def test_microlobulations_are_wider_than_a_few_pixels() -> None:
+    """Microlobulated vs circumscribed ovals: detail beyond the 6th angular order >= 1.5 px
+    RMS (a resolution cell), and notches sharper than any smooth outline's turn."""
+    smooth = _masks(_descriptors())
+    lobed = _masks(_descriptors(margin=(Margin.MICROLOBULATED,)))
+    assert max(map(_outline_detail_px, smooth)) < 0.5 < 1.5 < min(map(_outline_detail_px, lobed))
+    assert max(map(_sharpest_corner_deg, smooth)) + 40 < min(map(_sharpest_corner_deg, lobed))
+
+
+def test_spicules_and_angles_are_drawn_large_enough_to_see() -> None:
+    """Spiculated and angular vs circumscribed irregular masses: sharper corners than any
+    circumscribed outline, and spicules several pixels large (median detail >= 4 px RMS)."""
+    smooth = _masks(_descriptors(Shape.IRREGULAR))
+    spiculated = _masks(_descriptors(Shape.IRREGULAR, margin=(Margin.SPICULATED,)))
+    angular = _masks(_descriptors(Shape.IRREGULAR, margin=(Margin.ANGULAR,)))
+    smooth_corner = max(map(_sharpest_corner_deg, smooth))
+    assert smooth_corner < min(map(_sharpest_corner_deg, angular))
+    assert smooth_corner + 60 < min(map(_sharpest_corner_deg, spiculated))
+    assert np.median([_outline_detail_px(m) for m in spiculated]) >= 4.0
+
+
+def test_indistinct_margins_blur_over_several_pixels() -> None:
+    """The grey transition across an indistinct margin is >= 6 px wide, against the point
+    spread function's 2-4 px for circumscribed margins of the same scanners."""
+    sharp = [_edge_width_px(i, m) for _, i, m in _renders(_descriptors(), count=8)]
+    blurred = [
+        _edge_width_px(i, m)
+        for _, i, m in _renders(_descriptors(margin=(Margin.INDISTINCT,)), count=8)
+    ]
+    assert max(sharp) < 4.0 and min(blurred) >= 6.0
+
+
+def test_round_and_oval_differ_in_ellipse_aspect() -> None:
+    def aspect(mask: np.ndarray) -> float:
+        props = regionprops(mask.astype(np.uint8))[0]
+        return props.axis_major_length / props.axis_minor_length
+
+    assert max(map(aspect, _masks(_descriptors(Shape.ROUND)))) < 1.2
+    assert min(map(aspect, _masks(_descriptors(Shape.OVAL)))) > 1.35
 
 
 # --- malignancy ------------------------------------------------------------------------
