@@ -30,6 +30,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -624,11 +625,12 @@ def superlink_command(
     log_file: Path | None = None,
 ) -> list[str]:
     """``flower-superlink`` on loopback (``127.0.0.1:port``) with TLS, a database (runs survive
-    a restart) and node authentication. Only the proxy (:mod:`federation.proxy`) faces the
+    a restart; see :mod:`federation._flwr_superlink` for its lock timeout) and node
+    authentication. Only the proxy (:mod:`federation.proxy`) faces the
     network; the SuperLink's own executor connects to this loopback address."""
     pki.check()
     command = [
-        _exe("flower-superlink"),
+        sys.executable, "-m", "federation._flwr_superlink",  # flower-superlink, longer DB waits
         "--ssl-ca-certfile", str(pki.ca_cert),
         "--ssl-certfile", str(pki.server_cert),
         "--ssl-keyfile", str(pki.server_key),
@@ -756,21 +758,79 @@ def submit_run(
                        flwr_home=flwr_home, timeout=wait_timeout, progress=say)  # fmt: skip
     write_connection(flwr_home, superlink, ca_cert)
     app = Path(app) if app is not None else project_root()
-    command = flwr_command(["run", str(app), CONNECTION, "--stream",
-                            "--run-config", _run_config_text(run_config)])  # fmt: skip
     say(f"submitting the app {app} (FAB sha256 {fab_hash(app)[:16]}…); log: {log or 'stderr'}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    env = vendor_env(flwr_home, client)
     handle = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     try:
-        done = subprocess.run(
-            command, env=vendor_env(flwr_home, client), stdout=handle or sys.stderr,
-            stderr=subprocess.STDOUT, timeout=timeout,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as e:
-        raise DeploymentError(f"flwr run did not finish in {timeout} s") from e
+        code, run_id = _stream(["run", str(app), CONNECTION, "--stream", "--run-config",
+                                _run_config_text(run_config)], env, handle, deadline)  # fmt: skip
+        if run_id is None:
+            return code or 1
+        say(f"run {run_id} started on the SuperLink")
+        for _ in range(_REATTACH):
+            status = _run_status(run_id, env, deadline)
+            if status.startswith("finished"):
+                say(f"run {run_id}: {status}")
+                return 0 if status == "finished:completed" else 1
+            say(f"run {run_id} is {status} but its log stream ended; re-attaching")
+            _stream(["log", str(run_id), CONNECTION, "--stream"], env, handle, deadline)
+        raise DeploymentError(f"run {run_id}: its log stream kept ending; see `flwr ls`")
     finally:
         if handle:
             handle.close()
-    return done.returncode
+
+
+_REATTACH = 50
+_STARTED = re.compile(rb"Successfully started run (\d+)")
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeploymentError("the run on the SuperLink did not finish in time")
+    return left
+
+
+def _stream(
+    args: Sequence[str], env: Mapping[str, str], handle: Any, deadline: float | None
+) -> tuple[int, int | None]:
+    """Run ``flwr ARGS``, copying its output to ``handle`` (else stderr); returns its exit code
+    and the run id it announced."""
+    sink = handle or sys.stderr.buffer
+    run_id = None
+    process = subprocess.Popen(
+        flwr_command(args), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sink.write(line)
+            sink.flush()
+            if run_id is None and (found := _STARTED.search(line)):
+                run_id = int(found.group(1))
+            _remaining(deadline)
+        return process.wait(timeout=_remaining(deadline)), run_id
+    except (DeploymentError, subprocess.TimeoutExpired) as e:
+        process.kill()
+        process.wait()
+        raise DeploymentError(f"flwr {args[0]} did not finish in time") from e
+
+
+def _run_status(run_id: int, env: Mapping[str, str], deadline: float | None) -> str:
+    """``pending``/``starting``/``running``/``finished:completed``… of a run (``flwr ls``)."""
+    for _ in range(10):
+        done = subprocess.run(
+            flwr_command(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]),
+            env=dict(env), capture_output=True, text=True, timeout=_remaining(deadline),
+        )  # fmt: skip
+        runs = _json_payload(done.stdout).get("runs") or []
+        if runs:
+            return str(runs[0].get("status", "unknown"))
+        time.sleep(3.0)
+    raise DeploymentError(f"cannot read the status of run {run_id}: {done.stdout[-300:]}")
 
 
 def fab_hash(app: Path) -> str:
