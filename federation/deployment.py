@@ -309,7 +309,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 _NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_UNKNOWN_ISSUER = (2, 18, 19, 20, 21)
+_UNKNOWN_ISSUER = (2, 7, 18, 19, 20, 21)  # no issuer, or one of the same name that did not sign it
 
 
 def _presented_names(host: str, port: int, timeout: float) -> list[str]:
