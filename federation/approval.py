@@ -121,8 +121,9 @@ def check_fab(content: bytes, approved_file: Path) -> str:
     """
     digest = hashlib.sha256(content).hexdigest()
     if digest not in load_approved(approved_file).hashes():
+        # the message travels to the vendor in the error reply: the hash only, no local path
         raise AppApprovalError(
-            f"refused a Flower app with FAB sha256 {digest}: not in {approved_file}; "
+            f"refused a Flower app with FAB sha256 {digest}: not approved by this hospital; "
             "none of its code was unpacked or run"
         )
     return digest
@@ -158,7 +159,11 @@ def clientapp_main() -> None:
     def install_approved(content: bytes, *args, **kwargs):
         if not approved:
             raise AppApprovalError(f"{APPROVED_ENV} is not set: no app is approved")
-        digest = check_fab(content, Path(approved))
+        try:
+            digest = check_fab(content, Path(approved))
+        except AppApprovalError as e:
+            print(f"sonofed: {e} (approved list: {approved})", file=sys.stderr, flush=True)
+            raise
         print(f"sonofed: running approved app FAB sha256 {digest}", file=sys.stderr, flush=True)
         return install(content, *args, **kwargs)
 
