@@ -299,7 +299,6 @@ def test_summed_site_statistics_equal_the_pooled_ones_and_kappa_matches(tiny_wor
     gives the pooled temperature, modes and kappa the exact path computes."""
     from models import evaluation
     from models import validation_stats as V
-    from models.metrics import descriptor_agreement
     from models.packaging import load_weights
     from models.samples import samples_from_registries
     from models.train import predict
