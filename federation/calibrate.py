@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,10 +243,12 @@ def run_calibration(
     recipe: TrainConfig,
     final_round: int,
     run_dir: Path,
+    skip_nodes: Iterable[int] = (),
 ) -> CalibrationRound:
     """Ask every connected hospital for its validation statistics of ``arrays``, then fit.
 
-    Writes ``run_dir/calibration.json``.
+    Hospitals in ``skip_nodes`` (those that failed the last round: a dead SuperNode may still
+    be listed until its heartbeat expires) are not asked. Writes ``run_dir/calibration.json``.
 
     Raises:
         FederationRunError: no hospital returned usable statistics, or they hold one class.
@@ -254,7 +256,8 @@ def run_calibration(
     bins = bins_of(config)
     request = calibration_request(config, recipe)
     record = to_record(arrays)
-    nodes = sorted(grid.get_node_ids())
+    skipped = set(skip_nodes)
+    nodes = sorted(set(grid.get_node_ids()) - skipped)
     messages = [
         Message(
             content=RecordDict({protocol.ARRAYS: record, protocol.CONFIG: request}),
@@ -301,6 +304,9 @@ def run_calibration(
         fitted = fit_calibration(total, confidence=recipe.operating_confidence, seed=config.seed)
     except CalibrationError as e:
         raise FederationRunError(f"calibration: {e}") from e
+    failed += [
+        {"node_id": n, "reason": "failed the last round: not asked"} for n in sorted(skipped)
+    ]
     result = CalibrationRound(
         round=final_round, fitted=fitted, sites=sites, dropped=dropped, failed=failed
     )

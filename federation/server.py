@@ -250,9 +250,11 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
     final_round = max(row["round"] for row in history)
     _write_json(run_dir / HISTORY_FILE, history)
     if plan.calibrate:
+        last = next(row for row in history if row["round"] == final_round)
         run_calibration(
             audited, store.load(final_round).arrays, config=plan.config, recipe=recipe,
             final_round=final_round, run_dir=run_dir,
+            skip_nodes=[f["node_id"] for f in last.get("failed", []) if "node_id" in f],
         )  # fmt: skip
     _write_json(
         run_dir / OUTCOME_FILE,
