@@ -20,145 +20,99 @@ def _errors() -> None:
     add_user_errors(FederationError, ModelError, RegistryError)
 
 
-def _registries(text: str | None) -> list[Path]:
-    paths = [Path(p) for p in (text or "").split(",") if p.strip()]
-    missing = [str(p) for p in paths if not (p / "HEAD").is_file()]
-    if missing:
-        raise UserError(f"--sites: not a registry: {', '.join(missing)}")
-    return paths
+def _request(args: argparse.Namespace):
+    from federation.cycle import CycleRequest, RoundSettings
 
-
-def _config(args: argparse.Namespace):
-    from federation.config import load_federate_params
-
-    return load_federate_params(args.params).replace(
-        rounds=args.rounds,
-        cycle=args.cycle,
-        strategy=args.strategy,
-        local_epochs=args.local_epochs,
-        min_clients=args.min_clients,
-        rehearsal_size=args.rehearsal_size,
-        proximal_mu=args.proximal_mu,
-        seed=args.seed,
+    settings = RoundSettings(
+        rounds=args.rounds, cycle=args.cycle, strategy=args.strategy,
+        local_epochs=args.local_epochs, min_clients=args.min_clients,
+        rehearsal_size=args.rehearsal_size, proximal_mu=args.proximal_mu, seed=args.seed,
+        dp_epsilon=args.dp_epsilon,
+    )  # fmt: skip
+    return CycleRequest(
+        testset=args.testset,
+        sites=tuple(Path(p) for p in (args.sites or "").split(",") if p.strip()),
+        out=args.out,
+        run_dir=args.run_dir,
+        history_file=args.history,
+        init=args.init,
+        params=args.params,
+        version=args.version,
+        restart=args.restart,
+        package=not args.no_package,
+        settings=settings,
+        superlink=args.superlink,
+        ca=args.ca,
+        client_cert=_vendor_client(args)[0] if args.superlink and args.ca else None,
+        client_key=_vendor_client(args)[1] if args.superlink and args.ca else None,
+        num_sites=args.num_sites,
+        flwr_home=args.flwr_home,
+        verbose=args.verbose,
+        progress=not args.json,
     )
 
 
-def _print_history(history: list[dict[str, Any]]) -> None:
-    def fmt(value: Any) -> str:
-        return "  –  " if value is None else f"{value:.3f}"
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
-    print("round   AUC    sens   spec   Dice   sites (dropped / failed)")
-    for row in history:
-        dropped = ", ".join(f"{d['site']}:{d['reason']}" for d in row.get("dropped", []))
-        failed = ", ".join(str(f["site"]) for f in row.get("failed", []))
-        extra = f" (dropped {dropped})" if dropped else ""
-        extra += f" (failed {failed})" if failed else ""
-        print(
-            f"{row['round']:>5}  {fmt(row.get('auc'))}  {fmt(row.get('sensitivity'))}  "
-            f"{fmt(row.get('specificity'))}  {fmt(row.get('dice'))}  "
-            f"{','.join(row.get('sites', [])) or '-'}{extra}"
+
+def _round_line(row) -> str:
+    """One line per round: locked-set AUC and which sites replied."""
+    ci = row.auc_ci or [None, None]
+    interval = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci[0] is not None else ""
+    line = (
+        f"round {row.round:>3}: locked-test AUC {_fmt(row.auc)}{interval}, Dice {_fmt(row.dice)}; "
+        f"sites {','.join(row.sites) or '-'}"
+    )
+    if row.dropped:
+        line += " (dropped " + ", ".join(f"{d['site']}:{d['reason']}" for d in row.dropped) + ")"
+    if row.failed:
+        line += (
+            " (failed " + ", ".join(str(f.get("site", f.get("node_id"))) for f in row.failed) + ")"
         )
+    return line
 
 
 @handler
 def _federate(args: argparse.Namespace) -> int:
     _errors()
-    from data_registry import Registry
-    from federation.candidate import package_candidate
-    from federation.config import RunPaths, SiteSpec
-    from federation.server import ServerPlan
+    from pydantic import ValidationError
 
-    config = _config(args)
-    sites = [SiteSpec(p) for p in _registries(args.sites)]
-    if not sites and args.superlink is None:
-        raise UserError("--sites: give at least one registry")
-    if config.cycle > 0 and args.init is None:
-        raise UserError(f"--cycle {config.cycle} continues the released model: give --init BUNDLE")
-    out = Path(args.out)
-    run_dir = Path(args.run_dir or out.with_name(out.name + "-run"))
-    paths = RunPaths(run_dir=run_dir, testset=args.testset, init=args.init, params=args.params)
-    data = {}
-    for spec in sites:
-        registry = Registry(spec.registry)
-        data[registry.site_id] = [registry.version, registry.state.summary.content_hash]
-    num_sites = args.num_sites or len(sites) or config.min_clients
-    plan = ServerPlan(config, paths, num_sites, restart=args.restart, data_fingerprint=data)
-    if args.superlink:
-        outcome = _run_on_superlink(args, plan)
-    else:
-        from federation.simulation import run_federation
+    from federation.cycle import run_cycle
 
-        outcome = run_federation(plan, sites, verbose=args.verbose)
-    result: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "resumed_from": outcome.resumed_from,
-        "final_round": outcome.final_round,
-    }
-    history_path = Path(args.history or out.parent / "federate-history.json")
-    if sites and not args.no_package:
-        metadata = package_candidate(
-            run_dir, sites, out, testset=args.testset, version=args.version,
-            history_path=history_path, progress=not args.json,
-        )  # fmt: skip
-        locked = metadata.metrics.get("locked_test", {}).get("pooled", {})
-        result.update(
-            {
-                "bundle": str(out),
-                "version": metadata.version,
-                "locked_test_auc": (locked.get("auc") or {}).get("auc"),
-                "history_file": str(history_path),
-            }
+    try:
+        request = _request(args)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"--{field.split('.')[-1].replace('_', '-')}: {first['msg']}") from e
+    if args.json:  # keep stdout for the JSON: flwr run's streamed log goes beside the run folder
+        request = request.model_copy(
+            update={"log_file": request.resolved_run_dir().with_suffix(".log")}
         )
-    result["history"] = outcome.history
+
+    def on_round(row) -> None:
+        print(_round_line(row), flush=True)
+
+    outcome = run_cycle(request, on_round=None if args.json else on_round, on_status=_progress)
     if args.json:
-        print_json(result)
+        print_json(outcome.model_dump(mode="json"))
         return 0
-    _print_history(outcome.history)
     if outcome.resumed_from is not None:
         print(f"resumed from the checkpoint of round {outcome.resumed_from}")
-    if "bundle" in result:
-        print(f"candidate bundle {out} (version {result['version']}), history {history_path}")
+    if outcome.calibration:
+        c = outcome.calibration
+        print(
+            f"calibrated at the hospitals ({', '.join(c['sites'])}; {c['cases']['benign']} benign, "
+            f"{c['cases']['malignant']} malignant): T={c['temperature']:.3f}"
+            + (f", histograms with epsilon={c['epsilon']:g}" if c["epsilon"] else "")
+        )
+    if outcome.bundle is not None:
+        print(f"candidate bundle {outcome.bundle} (version {outcome.version}), locked-test AUC "
+              f"{_fmt(outcome.locked_test_auc)}, history {outcome.history_file}")  # fmt: skip
     else:
-        print(f"run folder {run_dir} (no bundle: give --sites to calibrate and package)")
+        print(f"run folder {outcome.run_dir} (not packaged: --no-package)")
     return 0
-
-
-def _run_on_superlink(args: argparse.Namespace, plan):
-    import json
-
-    from federation.deployment import submit_run
-    from federation.server import HISTORY_FILE, OUTCOME_FILE, ServerOutcome
-
-    if args.ca is None:
-        raise UserError("--superlink needs --ca (the vendor's ca.crt)")
-    client = _vendor_client(args)
-    run_config: dict[str, Any] = dict(plan.config.to_run_config())
-    run_config.update(
-        {
-            "run-dir": str(plan.paths.run_dir.resolve()),
-            "testset": str(Path(plan.paths.testset).resolve()),
-            "init": str(Path(plan.paths.init).resolve()) if plan.paths.init else "",
-            "params": str(Path(plan.paths.params).resolve()) if plan.paths.params else "",
-            "num-sites": plan.num_sites,
-            "sites": "",
-        }
-    )
-    code = submit_run(
-        superlink=args.superlink,
-        ca_cert=args.ca,
-        client=client,
-        flwr_home=args.flwr_home,
-        run_config=run_config,
-        log=None if not args.json else plan.paths.run_dir.with_suffix(".log"),
-        wait_for=plan.num_sites,
-        progress=_progress,
-    )
-    run_dir = plan.paths.run_dir
-    if code != 0 or not (run_dir / OUTCOME_FILE).is_file():
-        raise UserError(f"the run on {args.superlink} failed (flwr run exit code {code})", 1)
-    outcome = json.loads((run_dir / OUTCOME_FILE).read_text())
-    history = json.loads((run_dir / HISTORY_FILE).read_text())
-    return ServerOutcome(run_dir, history, outcome["resumed_from"], outcome["final_round"])
 
 
 def _progress(line: str) -> None:
@@ -321,8 +275,9 @@ def register_vendor(commands: argparse._SubParsersAction) -> None:
         "federate",
         help="run a federated cycle and write a candidate bundle",
         description="Run Flower over the sites' registries (one-machine simulation, or a "
-        "deployed SuperLink with --superlink), score every round on the locked test set, "
-        "checkpoint every round (a rerun resumes), and package the candidate bundle.",
+        "deployed SuperLink with --superlink), score every round on the locked test set "
+        "(one line per round), checkpoint every round (a rerun resumes), calibrate at the "
+        "hospitals from their aggregate validation statistics, and package the candidate.",
     )
     fed.add_argument("--sites", metavar="REG1,REG2,…", help="the hospitals' registries")
     fed.add_argument("--testset", type=Path, required=True, help="the locked test set folder")
@@ -345,6 +300,8 @@ def register_vendor(commands: argparse._SubParsersAction) -> None:
     fed.add_argument("--rehearsal-size", type=int, help="earlier cases per site (0: naive)")
     fed.add_argument("--proximal-mu", type=float)
     fed.add_argument("--seed", type=int)
+    fed.add_argument("--dp-epsilon", type=float,
+                     help="Laplace noise on the hospitals' calibration histograms (0: none)")  # fmt: skip
     fed.add_argument("--restart", action="store_true", help="discard the run folder's checkpoints")
     fed.add_argument("--no-package", action="store_true", help="train and score only")
     fed.add_argument("--superlink", metavar="HOST:PORT", help="run on this SuperLink instead")

@@ -104,8 +104,10 @@ def test_superlink_and_three_supernodes_run_two_rounds_and_refuse_an_unknown_key
     assert [f["site"] for f in history[2]["failed"]] == ["site-dies"]
     assert all(row["auc"] is not None for row in history)
     received = read_audit(run_dir / "audit.jsonl")
-    replies = [e for e in received if "error" not in e]
+    replies = [e for e in received if "error" not in e and e["message_type"] == "train"]
     assert len(replies) == 7
+    # after the last round the three live hospitals returned calibration statistics
+    assert sum(e["message_type"] == protocol.CALIBRATE for e in received) == 3
     for entry in replies:
         assert set(entry["metrics"][protocol.METRICS]) <= protocol.TRAIN_METRIC_KEYS
         assert set(entry["configs"][protocol.SITE]) <= protocol.SITE_KEYS

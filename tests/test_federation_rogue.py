@@ -10,6 +10,7 @@ client certificate), ``proxy 400`` (nginx: a client certificate of another CA), 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -167,11 +168,12 @@ def test_only_the_vendor_can_register_run_list_stop_or_pull_and_hospitals_refuse
         ), nice=5)  # fmt: skip
         wait_for_nodes(1, superlink=superlink, ca_cert=pki.ca_cert, client=vendor,
                        flwr_home=vendor_home, timeout=300)  # fmt: skip
+        settings = {"rounds": 1, "min_clients": 1, "fraction_evaluate": 0.0, "cycle": 1,
+                    "round_timeout": 120.0}  # fmt: skip
         run_config = {
-            "rounds": 1, "min-clients": 1, "num-sites": 1, "fraction-evaluate": 0.0,
-            "round-timeout": 120.0, "sites": "", "cycle": 1,
+            "settings": json.dumps(settings), "num-sites": 1, "sites": "", "out": "",
             "testset": str(tiny_world.locked), "init": str(tiny_world.bundle),
-            "run-dir": str(tmp_path / "modified-run"), "params": "",
+            "run-dir": str(tmp_path / "modified-run"), "params": str(REPO / "params.yaml"),
         }  # fmt: skip
         started = time.monotonic()
         submit_run(superlink=superlink, ca_cert=pki.ca_cert, client=vendor,
