@@ -703,14 +703,24 @@ def project_root() -> Path:
 
 
 def _run_config_text(run_config: Mapping[str, Any]) -> str:
+    """``--run-config`` text: Flower reads each ``key=value`` as TOML, a quoted value whole;
+    strings holding ``"`` (JSON settings) go in single quotes (TOML literal strings).
+
+    Raises:
+        DeploymentError: a string holds both kinds of quote.
+    """
     pairs = []
     for key, value in run_config.items():
         if isinstance(value, bool):
             pairs.append(f"{key}={'true' if value else 'false'}")
         elif isinstance(value, int | float):
             pairs.append(f"{key}={value}")
-        else:
+        elif '"' not in str(value):
             pairs.append(f'{key}="{value}"')
+        elif "'" not in str(value):
+            pairs.append(f"{key}='{value}'")
+        else:
+            raise DeploymentError(f"run config {key}: cannot pass a value with both quote kinds")
     return " ".join(pairs)
 
 

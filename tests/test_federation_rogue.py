@@ -100,12 +100,17 @@ def test_only_the_vendor_can_register_run_list_stop_or_pull_and_hospitals_refuse
             "ls": ["ls", "x"],
             "run": ["run", str(REPO), "x"],
             "stop": ["stop", "1", "x"],
-            "pull": ["pull", "1", "x"],
         }
         for name, args in attempts.items():
             payload = flwr_json(args, attacker)
             assert _refused(payload, 403), (name, payload)
             refusals[f"flwr {name} with ca.crt only"] = "proxy 403"
+        pulled = subprocess.run(  # `flwr pull` has no JSON output
+            [str(Path(sys.executable).parent / "flwr"), "pull", "1", "x"],
+            env=attacker, capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert "403 Forbidden" in pulled.stdout + pulled.stderr, pulled.stdout[-1500:]
+        refusals["flwr pull with ca.crt only"] = "proxy 403"
 
         # 2. the same CLI presenting a client certificate of the attacker's own CA
         own = dict(attacker, SONOFED_CLIENT_CERT=str(attacker_pki.client_cert),

@@ -177,3 +177,15 @@ def test_approved_apps_file(tmp_path: Path) -> None:
     path.write_text('{"approved": [{"sha256": "xyz"}]}')
     with pytest.raises(AppApprovalError, match="not an approved-apps file"):
         load_approved(path)
+
+
+def test_run_config_reaches_flower_intact() -> None:
+    """``federate --superlink`` sends its settings as JSON in one run-config value; Flower must
+    read back exactly what was sent (double quotes inside used to cut the value short)."""
+    from flwr.common.config import parse_config_args
+
+    from federation.deployment import _run_config_text
+
+    sent = {"settings": json.dumps({"rounds": 2, "min_clients": 3}), "num-sites": 3,
+            "run-dir": "/tmp/with space", "sites": "", "flag": True}  # fmt: skip
+    assert parse_config_args([_run_config_text(sent)]) == sent
