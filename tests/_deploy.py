@@ -21,6 +21,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 SONOFED = [sys.executable, "-m", "sonofed.cli"]
 START_TIMEOUT = 180.0
+DEPLOY_TIMEOUT = 3000
+"""pytest-timeout of a whole deployment test: real processes on a loaded 2-core machine (a
+round has taken over 10 minutes at a load average of 35)."""
 
 
 def sonofed(*args: str) -> list[str]:

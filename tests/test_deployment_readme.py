@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests._deploy import REPO, Processes, process_env, sonofed, start_superlink, wait_for_text
+from tests._deploy import (
+    DEPLOY_TIMEOUT,
+    REPO,
+    Processes,
+    process_env,
+    sonofed,
+    start_superlink,
+    wait_for_text,
+)
 from tests._release_world import TEST_PROTOCOL
 
 README_COMMANDS = [
@@ -59,6 +67,7 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEPLOY_TIMEOUT)
 def test_the_readme_deployment_from_pki_to_a_console_update(tiny_world, tmp_path: Path) -> None:
     env = process_env(tmp_path)
     processes = Processes(env, tmp_path)
@@ -102,7 +111,7 @@ def test_the_readme_deployment_from_pki_to_a_console_update(tiny_world, tmp_path
             env, "vendor", "federate", "--superlink", superlink, "--ca", str(pki / "ca.crt"),
             "--num-sites", "3", "--testset", str(tiny_world.locked), "--out", str(candidate),
             "--cycle", "1", "--init", str(tiny_world.bundle), "--params", str(params),
-            "--flwr-home", str(vendor / "flwr-home"), timeout=1500,
+            "--flwr-home", str(vendor / "flwr-home"), timeout=2400,
         )  # fmt: skip
     finally:
         processes.stop()

@@ -26,10 +26,11 @@ from federation.deployment import (
     register_node,
     supernode_command,
 )
-from tests._deploy import REPO, Processes, process_env, sonofed, start_superlink
+from tests._deploy import DEPLOY_TIMEOUT, REPO, Processes, process_env, sonofed, start_superlink
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEPLOY_TIMEOUT)
 def test_superlink_and_three_supernodes_run_two_rounds_and_refuse_an_unknown_key(
     tiny_world, tmp_path: Path
 ) -> None:
@@ -87,7 +88,7 @@ def test_superlink_and_three_supernodes_run_two_rounds_and_refuse_an_unknown_key
             "--rounds", "2", "--num-sites", "4", "--params", str(params),
             "--run-dir", str(run_dir), "--flwr-home", str(tmp_path / "vendor-home"),
             "--no-package", "--json",
-        ), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        ), cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)  # fmt: skip
         assert federate.returncode == 0, federate.stderr[-3000:]
         rogue_code = rogue.wait(timeout=180)
     finally:

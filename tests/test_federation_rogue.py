@@ -32,6 +32,7 @@ from federation.deployment import (
     wait_for_nodes,
 )
 from tests._deploy import (
+    DEPLOY_TIMEOUT,
     REPO,
     Processes,
     flwr_json,
@@ -70,6 +71,7 @@ def _refused(payload: dict, status: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEPLOY_TIMEOUT)
 def test_only_the_vendor_can_register_run_list_stop_or_pull_and_hospitals_refuse_other_apps(
     tiny_world, tmp_path: Path
 ) -> None:
