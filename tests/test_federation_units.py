@@ -533,9 +533,8 @@ class _HospitalsInProcess(_NodesOnly):
 
         replies = []
         for m in messages:
-            TaskIdentity.node_id = m.metadata.dst_node_id
             reply = calibrate_reply(m, None, self.settings[m.metadata.dst_node_id])
-            reply.metadata.src_node_id = m.metadata.dst_node_id
+            assert reply.metadata.src_node_id == m.metadata.dst_node_id
             replies.append(reply)
         self.received.extend(replies)
         return replies
@@ -585,6 +584,15 @@ def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_
 
     leaky = calibrate_reply(request, None, NodeSettings(registry, fault=parse_fault("leak-scores")))
     assert "per-case-logits" in malformed_calibration(leaky.content, bins)
+    # the audit's allow-list flags the same reply, and passes the honest one
+    from federation.audit import audit_violations, describe
+
+    allowed = {k: list(v) for k, v in protocol.calibration_array_shapes(bins).items()}
+    weights = {k: list(v.shape) for k, v in arrays.items()}
+    honest_reply = calibrate_reply(request, None, NodeSettings(registry))
+    check = [describe(honest_reply), describe(leaky)]
+    problems = audit_violations(check, weight_shapes=weights, calibration_shapes=allowed)
+    assert len(problems) == 1 and "entry 1" in problems[0] and "per-case-logits" in problems[0]
 
     request.content[protocol.CONFIG]["dp-epsilon"] = 1.0
     noisy = calibrate_reply(request, None, NodeSettings(registry)).content
