@@ -647,7 +647,7 @@ def test_flwr_run_reads_params_yaml_and_settings_json(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("federate:\n  rounds: 7\n  val_fraction: 0.2\n  strategy: krum\n")
     run_config = {
-        "params": str(params), "settings": '{"rounds": 2}', "sites": "a,b,c", "num-sites": 0,
+        "params": str(params), "settings": "rounds=2", "sites": "a,b,c", "num-sites": 0,
         "testset": str(tmp_path / "locked"), "run-dir": str(tmp_path / "run"),
     }  # fmt: skip
     plan = plan_from_run_config(run_config)
@@ -657,6 +657,18 @@ def test_flwr_run_reads_params_yaml_and_settings_json(tmp_path: Path) -> None:
         plan_from_run_config({**run_config, "params": str(tmp_path / "absent.yaml")})
     with pytest.raises(FederationConfigError, match="settings"):
         plan_from_run_config({**run_config, "settings": "{rounds"})
+    with pytest.raises(FederationConfigError, match="key=value"):
+        plan_from_run_config({**run_config, "settings": "rounds"})
+    assert plan_from_run_config({**run_config, "settings": '{"rounds": 3}'}).config.rounds == 3
+    # what `vendor federate --superlink` sends survives Flower's --run-config parser and
+    # gives back every setting
+    from flwr.common.config import parse_config_args
+
+    from federation.config import format_settings
+
+    sent = FederationConfig(rounds=4, strategy="krum", keep_optimizer=False, proximal_mu=1e-05)
+    parsed = parse_config_args([f'settings="{format_settings(sent)}" params="{params}"'])
+    assert plan_from_run_config({**run_config, **parsed}).config == sent
     # the repository's pyproject states no setting the params file holds
     import tomllib
 
