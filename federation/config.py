@@ -222,29 +222,64 @@ def load_federate_params(params: Path | None) -> FederationConfig:
     return FederationConfig.from_mapping(federate_block(params))
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """Settings given as ``key=value,key=value`` (or a JSON object) in one run-config string.
+
+    The pairs form needs no quotes, so it passes through ``flwr run --run-config
+    'settings="rounds=2,local-epochs=1"'`` (Flower's parser allows no quote inside a quoted
+    value) and through :func:`federation.deployment.submit_run`.
+
+    Raises:
+        FederationConfigError: neither form.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise FederationConfigError(f"run config {SETTINGS_KEY}: not JSON ({e})") from e
+        if not isinstance(values, dict):
+            raise FederationConfigError(f"run config {SETTINGS_KEY}: expected a JSON object")
+        return {str(k): v for k, v in values.items()}
+    out: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FederationConfigError(
+                f"run config {SETTINGS_KEY}: {pair!r} is not key=value (expected e.g. "
+                "'rounds=2,local-epochs=1')"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def format_settings(config: FederationConfig) -> str:
+    """Every setting of ``config`` in the ``key=value,…`` form :func:`parse_settings` reads."""
+
+    def text(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return ",".join(f"{k}={text(v)}" for k, v in config.to_run_config().items())
+
+
 def config_from_run_config(run_config: Mapping[str, Any], params: Path | None) -> FederationConfig:
     """The settings of a Flower run: ``params.yaml``'s ``federate:`` block, then the run
-    config's ``settings`` (a JSON object of settings, e.g. ``flwr run . --run-config
-    'settings="{\\"rounds\\": 2}"'``, or what ``sonofed vendor federate --superlink`` sends) on top.
+    config's ``settings`` (``key=value,…`` pairs or a JSON object: ``flwr run . --run-config
+    'settings="rounds=2"'``, or what ``sonofed vendor federate --superlink`` sends) on top.
 
     Flower refuses run-config overrides whose key ``[tool.flwr.app.config]`` does not declare,
     so the settings travel in that one key instead of being declared (and defaulted) twice.
 
     Raises:
-        FederationConfigError: an unknown key, a bad value, or ``settings`` is not JSON.
+        FederationConfigError: an unknown key, a bad value, or unreadable ``settings``.
     """
     names = {f.name.replace("_", "-") for f in dataclasses.fields(FederationConfig)}
     values = {str(k).replace("_", "-"): v for k, v in federate_block(params).items()}
     values.update({k: v for k, v in run_config.items() if k in names})
-    text = str(run_config.get(SETTINGS_KEY, "") or "").strip()
-    if text:
-        try:
-            extra = json.loads(text)
-        except ValueError as e:
-            raise FederationConfigError(f"run config {SETTINGS_KEY}: not JSON ({e})") from e
-        if not isinstance(extra, dict):
-            raise FederationConfigError(f"run config {SETTINGS_KEY}: expected a JSON object")
-        values.update({str(k).replace("_", "-"): v for k, v in extra.items()})
+    extra = parse_settings(str(run_config.get(SETTINGS_KEY, "") or ""))
+    values.update({k.replace("_", "-"): v for k, v in extra.items()})
     return FederationConfig.from_mapping(values)
 
 

@@ -18,7 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from federation.config import FederationConfig, RunPaths, SiteSpec, load_federate_params
+from federation.config import (
+    FederationConfig,
+    RunPaths,
+    SiteSpec,
+    format_settings,
+    load_federate_params,
+)
 from federation.exceptions import FederationConfigError, FederationRunError
 from federation.server import HISTORY_FILE, OUTCOME_FILE, ServerOutcome, ServerPlan
 
@@ -243,7 +249,7 @@ def _on_superlink(
     run_dir = Path(plan.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config: dict[str, Any] = {
-        "settings": json.dumps(plan.config.to_run_config(), sort_keys=True),
+        "settings": format_settings(plan.config),
         "run-dir": str(run_dir),
         "testset": str(Path(plan.paths.testset).resolve()),
         "init": str(Path(plan.paths.init).resolve()) if plan.paths.init else "",

@@ -49,6 +49,7 @@ __all__ = [
     "ValidationStatistics",
     "add_laplace_noise",
     "agreement_from_confusion",
+    "denoised_histograms",
     "fit_calibration",
     "validation_statistics",
 ]
@@ -327,24 +328,42 @@ class FittedCalibration(BaseModel):
         return OperatingPoints.from_dict(self.operating_points)
 
 
+def denoised_histograms(
+    stats: ValidationStatistics, floor_sds: float = 2.0
+) -> tuple[NDArray, NDArray]:
+    """The class histograms as counts: rounded and clipped at 0, and, when noised, with every
+    bin under ``floor_sds`` standard deviations of the summed noise set to 0.
+
+    Each hospital's Laplace(1/ε) noise adds up to a standard deviation of ``sqrt(2 * sites) / ε``
+    per bin; without the floor, the noise in the many empty bins reads as phantom cases at the
+    extremes. This is post-processing: the privacy guarantee is kept.
+    """
+    benign, malignant = np.asarray(stats.benign), np.asarray(stats.malignant)
+    if stats.epsilon:
+        floor = floor_sds * math.sqrt(2.0 * stats.sites) / stats.epsilon
+        benign = np.where(benign < floor, 0.0, benign)
+        malignant = np.where(malignant < floor, 0.0, malignant)
+    return np.clip(np.rint(benign), 0, None), np.clip(np.rint(malignant), 0, None)
+
+
 def fit_calibration(
     stats: ValidationStatistics,
     *,
     confidence: float | None,
     n_bootstrap: int = metrics.N_BOOTSTRAP,
     seed: int = 0,
+    floor_sds: float = 2.0,
 ) -> FittedCalibration:
     """Temperature, operating points, descriptor sources and validation metrics from sums.
 
-    Noised histograms are first rounded and clipped at 0 (post-processing keeps the privacy
-    guarantee). Without signal the temperature stays 1 and the note says why, as in
+    Noised histograms are first cleaned: bins under ``floor_sds`` standard deviations of the
+    summed noise are set to 0, the rest rounded (post-processing keeps the privacy guarantee). Without signal the temperature stays 1 and the note says why, as in
     :func:`models.packaging.package_bundle`.
 
     Raises:
         CalibrationError: the histograms hold one class only.
     """
-    benign = np.clip(np.rint(stats.benign), 0, None)
-    malignant = np.clip(np.rint(stats.malignant), 0, None)
+    benign, malignant = denoised_histograms(stats, floor_sds)
     try:
         temperature = fit_temperature_binned(benign, malignant, stats.bins)
         note = "temperature fit on the hospitals' validation histograms"

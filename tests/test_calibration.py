@@ -363,3 +363,44 @@ def test_laplace_noise_has_the_stated_scale_and_leaves_counts_alone() -> None:
     assert noisy.epsilon == 2.0 and noisy.benign_cases == stats.benign_cases
     with pytest.raises(CalibrationError):
         V.add_laplace_noise(stats, 0.0, rng)
+
+
+def test_noised_histograms_are_cleaned_before_the_fit() -> None:
+    """Laplace noise in the many empty bins would read as phantom cases at the extremes; the fit
+    first zeroes bins under two standard deviations of the summed noise."""
+    from models import validation_stats as V
+
+    rng = np.random.default_rng(1)
+    bins = C.LogitBins(low=-10, high=10, count=40)
+    confusion = {
+        s: {d: np.zeros(V.confusion_shape(d), dtype=int).tolist() for d in V.DESCRIPTORS}
+        for s in V.SOURCES
+    }
+    sites = []
+    for _ in range(3):
+        z_ben, z_mal = rng.normal(-1.5, 1.0, 80), rng.normal(1.5, 1.0, 40)
+        sites.append(
+            V.ValidationStatistics(
+                bins=bins,
+                benign=bins.histogram(z_ben).astype(float).tolist(),
+                malignant=bins.histogram(z_mal).astype(float).tolist(),
+                benign_cases=80,
+                malignant_cases=40,
+                dice_sum=0.0,
+                confusion=confusion,
+            )
+        )
+    exact = sites[0].merge(sites[1]).merge(sites[2])
+    empty = (np.asarray(exact.benign) == 0) & (np.asarray(exact.malignant) == 0)
+    phantom = {2.0: 0.0, 0.0: 0.0}
+    for _ in range(20):
+        total = None
+        for stats in sites:
+            noisy = V.add_laplace_noise(stats, 1.0, rng)
+            total = noisy if total is None else total.merge(noisy)
+        for floor in phantom:
+            benign, malignant = V.denoised_histograms(total, floor)
+            phantom[floor] += float((benign + malignant)[empty].sum())
+        V.fit_calibration(total, confidence=0.95, n_bootstrap=20)  # usable
+    assert phantom[2.0] < 0.2 * phantom[0.0]
+    assert V.denoised_histograms(exact)[0].tolist() == exact.benign  # exact counts: untouched

@@ -31,16 +31,6 @@ def test_federate_refuses_a_later_cycle_without_the_released_model(tiny_world, c
     assert "not a registry" in capsys.readouterr().err
 
 
-def test_federate_on_a_superlink_needs_no_sites_but_the_ca(tiny_world, capsys) -> None:
-    code = main(["vendor", "federate", "--superlink", "127.0.0.1:1", "--num-sites", "3",
-                 "--testset", str(tiny_world.locked)])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "--ca" in err and "--sites" not in err
-    code = main(["vendor", "federate", "--testset", str(tiny_world.locked)])
-    assert code == 2 and "--sites" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_federate_prints_one_line_per_round_and_a_calibrated_candidate(
     tiny_world, tmp_path: Path, capsys

@@ -12,7 +12,7 @@ import pytest
 
 from data_registry import Registry
 from federation import protocol
-from federation.audit import read_audit
+from federation.audit import audit_violations, read_audit
 from federation.calibrate import bins_of, read_calibration
 from federation.candidate import package_candidate
 from federation.checkpoint import CheckpointStore
@@ -83,6 +83,17 @@ def test_nothing_case_level_leaves_a_hospital(clean_run, tiny_world) -> None:
         for entry in Registry(path).entries:
             identifiers.update({entry.case.case_id, entry.case.patient_id, entry.case.image_sha256})
     entries = read_audit(clean_run.run_dir / AUDIT_FILE)
+    calibration_shapes = protocol.calibration_array_shapes(
+        bins_of(FederationConfig(calibration_logit_limit=2.0))
+    )
+    assert (
+        audit_violations(
+            entries,
+            weight_shapes=expected,
+            calibration_shapes={k: list(v) for k, v in calibration_shapes.items()},
+        )
+        == []
+    )
     kinds = [e["message_type"] for e in entries]
     assert kinds.count("train") == 3 * ROUNDS and kinds.count("evaluate") == 3 * ROUNDS
     assert kinds.count(protocol.CALIBRATE) == 3

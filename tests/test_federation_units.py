@@ -533,9 +533,8 @@ class _HospitalsInProcess(_NodesOnly):
 
         replies = []
         for m in messages:
-            TaskIdentity.node_id = m.metadata.dst_node_id
             reply = calibrate_reply(m, None, self.settings[m.metadata.dst_node_id])
-            reply.metadata.src_node_id = m.metadata.dst_node_id
+            assert reply.metadata.src_node_id == m.metadata.dst_node_id
             replies.append(reply)
         self.received.extend(replies)
         return replies
@@ -585,6 +584,15 @@ def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_
 
     leaky = calibrate_reply(request, None, NodeSettings(registry, fault=parse_fault("leak-scores")))
     assert "per-case-logits" in malformed_calibration(leaky.content, bins)
+    # the audit's allow-list flags the same reply, and passes the honest one
+    from federation.audit import audit_violations, describe
+
+    allowed = {k: list(v) for k, v in protocol.calibration_array_shapes(bins).items()}
+    weights = {k: list(v.shape) for k, v in arrays.items()}
+    honest_reply = calibrate_reply(request, None, NodeSettings(registry))
+    check = [describe(honest_reply), describe(leaky)]
+    problems = audit_violations(check, weight_shapes=weights, calibration_shapes=allowed)
+    assert len(problems) == 1 and "entry 1" in problems[0] and "per-case-logits" in problems[0]
 
     request.content[protocol.CONFIG]["dp-epsilon"] = 1.0
     noisy = calibrate_reply(request, None, NodeSettings(registry)).content
@@ -639,7 +647,7 @@ def test_flwr_run_reads_params_yaml_and_settings_json(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("federate:\n  rounds: 7\n  val_fraction: 0.2\n  strategy: krum\n")
     run_config = {
-        "params": str(params), "settings": '{"rounds": 2}', "sites": "a,b,c", "num-sites": 0,
+        "params": str(params), "settings": "rounds=2", "sites": "a,b,c", "num-sites": 0,
         "testset": str(tmp_path / "locked"), "run-dir": str(tmp_path / "run"),
     }  # fmt: skip
     plan = plan_from_run_config(run_config)
@@ -649,6 +657,18 @@ def test_flwr_run_reads_params_yaml_and_settings_json(tmp_path: Path) -> None:
         plan_from_run_config({**run_config, "params": str(tmp_path / "absent.yaml")})
     with pytest.raises(FederationConfigError, match="settings"):
         plan_from_run_config({**run_config, "settings": "{rounds"})
+    with pytest.raises(FederationConfigError, match="key=value"):
+        plan_from_run_config({**run_config, "settings": "rounds"})
+    assert plan_from_run_config({**run_config, "settings": '{"rounds": 3}'}).config.rounds == 3
+    # what `vendor federate --superlink` sends survives Flower's --run-config parser and
+    # gives back every setting
+    from flwr.common.config import parse_config_args
+
+    from federation.config import format_settings
+
+    sent = FederationConfig(rounds=4, strategy="krum", keep_optimizer=False, proximal_mu=1e-05)
+    parsed = parse_config_args([f'settings="{format_settings(sent)}" params="{params}"'])
+    assert plan_from_run_config({**run_config, **parsed}).config == sent
     # the repository's pyproject states no setting the params file holds
     import tomllib
 
