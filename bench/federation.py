@@ -20,12 +20,21 @@ summary ``federation.md`` are written beside it):
   the locked set and on every earlier cycle's held-out cases after each cycle, forgetting and
   backward transfer.
 
+- ``calibration``: one model (the ``central`` bundle of ``compare`` when present, else a short
+  central training of ``--epochs``), the three real sites' local validation splits: the
+  temperature and three operating points computed on the pooled validation cases (exact) and
+  federated, from the sites' summed histograms (what the vendor receives), and the sensitivity
+  and specificity each set of thresholds reaches on the locked test slice; then the same with
+  ε-differentially private histograms (Laplace noise; ``--dp-epsilons``, ``--dp-bins``,
+  ``--dp-draws`` noise draws each): their spread and the validation AUC they report.
+
 Every training uses one torch thread per process (two cores shared: more threads oversubscribe).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -41,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-SECTIONS = ("aggregation", "overhead", "compare", "continual")
+SECTIONS = ("aggregation", "overhead", "compare", "continual", "calibration")
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -368,7 +377,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     sites = [SiteSpec(r) for r in registries]
     outcome = run_federation(plan, sites)
-    metadata = package_candidate(run_dir, sites, args.work / "federated", testset=locked,
+    metadata = package_candidate(run_dir, args.work / "federated", testset=locked,
                                  history_path=args.work / "federated-history.json")  # fmt: skip
     timings[f"federated ({label})"] = time.perf_counter() - start
     result["federated"] = {"settings": label, **_locked_summary(metadata)}
@@ -400,6 +409,159 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    return result
+
+
+# -- calibration: federated (histograms) vs pooled (exact) ----------------------------------
+
+
+def _rates(y: np.ndarray, prob: np.ndarray, points) -> dict[str, dict[str, float]]:
+    out = {}
+    for mode, threshold in points.thresholds().items():
+        called = prob >= threshold
+        out[mode] = {
+            "threshold": threshold,
+            "sensitivity": float(np.mean(called[y == 1])),
+            "specificity": float(np.mean(~called[y == 0])),
+        }
+    return out
+
+
+def calibration(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from bench.model import prepare
+    from federation.site import load_site
+    from models import evaluation
+    from models.calibration import (
+        LogitBins,
+        apply_temperature,
+        choose_operating_points,
+        fit_temperature,
+    )
+    from models.exceptions import CalibrationError
+    from models.inference import OnnxLesionModel
+    from models.samples import samples_from_testset
+    from models.validation_stats import add_laplace_noise, fit_calibration, validation_statistics
+
+    torch.set_num_threads(1)
+    locked, registries = prepare(args.data, args.work, 0.2, 0)
+    recipe = _recipe(args.params, epochs=args.epochs, patience=max(4, args.epochs // 2))
+    bundle = args.work / "central"
+    trained = None
+    if not (bundle / "metadata.json").is_file():
+        _, trained = _baseline(registries, bundle, recipe, locked, False)
+    model = OnnxLesionModel(bundle / "model.onnx", num_threads=1)
+    val_fraction = args.val_fraction
+    per_site, pooled_samples, pooled_outputs = {}, [], []
+    bins = LogitBins(low=-args.logit_limit, high=args.logit_limit, count=args.bins)
+    summed = None
+    for registry in registries:
+        val = load_site(registry, since=None, rehearsal_size=0, val_fraction=val_fraction,
+                        seed=0, cycle=0).val  # fmt: skip
+        outputs = evaluation.analyse_all(val, model.analyze)
+        stats = validation_statistics(val, outputs, bins)
+        summed = stats if summed is None else summed.merge(stats)
+        per_site[registry.name] = {"benign": stats.benign_cases, "malignant": stats.malignant_cases}
+        pooled_samples += val
+        pooled_outputs += outputs
+    y = np.array([s.label for s in pooled_samples])
+    z = np.array([o.malignancy_logit for o in pooled_outputs])
+    confidence = recipe.operating_confidence
+    t_exact = fit_temperature(z, y)
+    exact = choose_operating_points(y, apply_temperature(z, t_exact), confidence=confidence)
+    sources_exact, _ = evaluation.choose_descriptor_sources(pooled_samples, pooled_outputs)
+    fed = fit_calibration(summed, confidence=confidence)
+    from data_registry import LockedTestSet
+
+    test = samples_from_testset(LockedTestSet(locked))
+    test_outputs = evaluation.analyse_all(test, model.analyze)
+    yt = np.array([s.label for s in test])
+    zt = np.array([o.malignancy_logit for o in test_outputs])
+    from models import metrics
+
+    result: dict[str, Any] = {
+        "model": str(bundle),
+        "train_seconds": trained,
+        "validation": {
+            "fraction": val_fraction,
+            "sites": per_site,
+            "cases": len(y),
+            "malignant": int(y.sum()),
+        },
+        "bins": bins.model_dump(),
+        "locked_cases": len(yt),
+        "locked_auc": metrics.auc_with_ci(yt, zt, n_bootstrap=200).auc,
+        "pooled_exact": {
+            "temperature": t_exact,
+            "validation": exact.to_dict(),
+            "locked": _rates(yt, apply_temperature(zt, t_exact), exact),
+            "descriptor_sources": sources_exact,
+        },
+        "federated_histograms": {
+            "temperature": fed.temperature,
+            "validation": fed.operating_points,
+            "locked": _rates(yt, apply_temperature(zt, fed.temperature), fed.points()),
+            "descriptor_sources": fed.descriptor_sources,
+            "validation_auc": fed.validation["auc"]["auc"],
+        },
+        "validation_auc_exact": metrics.auc_with_ci(y, z, n_bootstrap=200).auc,
+    }
+    gaps = {}
+    for mode in ("high-sensitivity", "high-accuracy", "high-specificity"):
+        a, b = (
+            result["pooled_exact"]["locked"][mode],
+            result["federated_histograms"]["locked"][mode],
+        )
+        gaps[mode] = {k: b[k] - a[k] for k in ("sensitivity", "specificity")}
+    result["federated_minus_pooled_on_locked"] = gaps
+    print("calibration: pooled T", t_exact, "federated T", fed.temperature, gaps, flush=True)
+    rng = np.random.default_rng(0)
+    dp = {}
+    bounds = np.cumsum([0] + [sum(v.values()) for v in per_site.values()])
+    for count in args.dp_bins:
+        coarse = LogitBins(low=-args.logit_limit, high=args.logit_limit, count=count)
+        site_stats = [
+            validation_statistics(pooled_samples[lo:hi], pooled_outputs[lo:hi], coarse)
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        for eps in [0.0, *args.dp_epsilons]:
+            draws = []
+            for _ in range(args.dp_draws if eps else 1):
+                total = None
+                for stats in site_stats:  # every hospital noises its own; the vendor sums
+                    noisy = add_laplace_noise(stats, eps, rng) if eps else stats
+                    total = noisy if total is None else total.merge(noisy)
+                try:
+                    fit = fit_calibration(total, confidence=confidence, n_bootstrap=100)
+                except CalibrationError as e:  # a draw the fit cannot use is counted
+                    draws.append({"error": str(e)})
+                    continue
+                rates = _rates(yt, apply_temperature(zt, fit.temperature), fit.points())
+                draws.append(
+                    {
+                        "temperature": fit.temperature,
+                        "validation_auc": fit.validation["auc"]["auc"],
+                        "locked_sens_at_high_sensitivity": rates["high-sensitivity"]["sensitivity"],
+                        "locked_spec_at_high_sensitivity": rates["high-sensitivity"]["specificity"],
+                        "locked_spec_at_high_specificity": rates["high-specificity"]["specificity"],
+                        "locked_sens_at_high_specificity": rates["high-specificity"]["sensitivity"],
+                    }
+                )
+            ok = [d for d in draws if "error" not in d]
+            summary: dict[str, Any] = {"draws": len(draws), "failed": len(draws) - len(ok)}
+            for key in ok[0] if ok else {}:
+                values = np.array([d[key] for d in ok])
+                summary[key] = {
+                    "mean": float(values.mean()),
+                    "sd": float(values.std()),
+                    "p05": float(np.quantile(values, 0.05)),
+                }
+            label = f"{count} bins, epsilon {eps:g}" if eps else f"{count} bins, exact"
+            dp[label] = summary
+            print("calibration dp", label, {k: v["mean"] if isinstance(v, dict) else v
+                                            for k, v in summary.items()}, flush=True)  # fmt: skip
+    result["differential_privacy"] = dp
     return result
 
 
@@ -477,7 +639,7 @@ def continual(args: argparse.Namespace) -> dict[str, Any]:
                           recipe=recipe, restart=True)  # fmt: skip
         sites = [SiteSpec(r) for r in registries]
         run_federation(plan, sites)
-        package_candidate(run_dir, sites, root / name, testset=locked,
+        package_candidate(run_dir, root / name, testset=locked,
                           history_path=root / f"{name}-history.json")  # fmt: skip
         return root / name
 
@@ -649,6 +811,15 @@ def main() -> None:
     parser.add_argument("--overhead-rounds", type=int, default=3)
     parser.add_argument("--cycle-rounds", type=int, default=3)
     parser.add_argument("--rehearsal", type=int, default=64)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="each site's validation share (calibration; params.yaml's)")  # fmt: skip
+    parser.add_argument("--bins", type=int, default=4000, help="logit bins (calibration)")
+    parser.add_argument("--logit-limit", type=float, default=20.0, help="binned logit range ±")
+    parser.add_argument("--dp-epsilons", type=lambda t: [float(v) for v in t.split(",")],
+                        default=[0.5, 1.0, 2.0, 4.0, 8.0], help="Laplace epsilons (calibration)")  # fmt: skip
+    parser.add_argument("--dp-bins", type=lambda t: [int(v) for v in t.split(",")],
+                        default=[40, 160], help="coarse bin counts tried with noise")  # fmt: skip
+    parser.add_argument("--dp-draws", type=int, default=50, help="noise draws per setting")
     parser.add_argument("--aggregate-once", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="fedprox", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -656,7 +827,7 @@ def main() -> None:
         print(json.dumps(aggregate_once(args.aggregate_once, args.strategy)))
         return
     chosen = [s for s in (args.only or ",".join(SECTIONS)).split(",") if s]
-    needs_data = {"overhead", "compare", "continual"} & set(chosen)
+    needs_data = {"overhead", "compare", "continual", "calibration"} & set(chosen)
     if needs_data and not args.data.is_dir():
         raise SystemExit(f"no real data at {args.data}; sections {sorted(needs_data)} need it")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,10 @@
   :mod:`federation.scoring` (locked test set every round), :mod:`federation.checkpoint`
   (resume), :mod:`federation.audit` (what left the hospitals);
 - :mod:`federation.site` and :mod:`federation.continual`: a cycle's new cases, rehearsal,
-  forgetting; :mod:`federation.candidate`: the candidate bundle and its lineage;
+  forgetting; :mod:`federation.calibrate`: federated calibration after the last round (the
+  hospitals return aggregate validation statistics only); :mod:`federation.candidate`: the
+  candidate bundle and its lineage; :mod:`federation.cycle`: :func:`run_cycle`, one cycle end
+  to end (what ``sonofed vendor federate`` runs);
 - :mod:`federation.simulation` (one machine) and :mod:`federation.deployment` (TLS, node keys,
   SuperLink and SuperNodes).
 
@@ -21,9 +24,16 @@ from typing import Any
 _EXPORTS = {
     "AuditingGrid": "federation.audit",
     "read_audit": "federation.audit",
+    "CalibrationRound": "federation.calibrate",
+    "read_calibration": "federation.calibrate",
     "package_candidate": "federation.candidate",
     "Checkpoint": "federation.checkpoint",
     "CheckpointStore": "federation.checkpoint",
+    "CycleOutcome": "federation.cycle",
+    "CycleRequest": "federation.cycle",
+    "HistoryRow": "federation.cycle",
+    "RoundSettings": "federation.cycle",
+    "run_cycle": "federation.cycle",
     "FederationConfig": "federation.config",
     "MODE_THRESHOLDS": "federation.config",
     "RunPaths": "federation.config",
@@ -62,17 +72,22 @@ __all__ = [
     "MODE_THRESHOLDS",
     "STRATEGIES",
     "AuditingGrid",
+    "CalibrationRound",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
+    "CycleOutcome",
+    "CycleRequest",
     "DeploymentError",
     "FederationConfig",
     "FederationConfigError",
     "FederationError",
     "FederationRunError",
+    "HistoryRow",
     "NodeKeys",
     "Pki",
     "RegistrationError",
+    "RoundSettings",
     "RunPaths",
     "ScreeningReport",
     "ServerOutcome",
@@ -89,7 +104,9 @@ __all__ = [
     "make_node_keys",
     "package_candidate",
     "read_audit",
+    "read_calibration",
     "register_node",
+    "run_cycle",
     "run_federation",
     "run_server",
     "screen_updates",

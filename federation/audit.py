@@ -4,7 +4,9 @@
 message to ``RUN/audit.jsonl``: sender, message type, and the structure of every record — array
 names, shapes and dtypes (no values), metric names and values, config names and values. It is
 the evidence that nothing case-level (images, masks, case ids, per-case predictions) left a
-hospital, and the tests check it against :mod:`federation.protocol`.
+hospital: :func:`audit_violations` checks every entry against the allow-list of
+:mod:`federation.protocol` (record names, array names with their one allowed shape, metric and
+site keys, single numbers only), and the tests run it on real runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["AuditingGrid", "describe", "read_audit"]
+__all__ = ["AuditingGrid", "audit_violations", "describe", "read_audit"]
 
 
 def describe(message: Message) -> dict[str, Any]:
@@ -100,3 +102,82 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _scalars(values: dict[str, Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
+
+
+def audit_violations(
+    entries: list[dict[str, Any]],
+    *,
+    weight_shapes: dict[str, list[int]],
+    calibration_shapes: dict[str, list[int]] | None,
+) -> list[str]:
+    """Every way the audited messages break the protocol's allow-list (empty: none).
+
+    Args:
+        entries: what :func:`read_audit` returned.
+        weight_shapes: the exchanged weights' names and shapes (a train reply's only arrays).
+        calibration_shapes: a calibration reply's array names and shapes
+            (:func:`federation.protocol.calibration_array_shapes`; None: none expected).
+
+    Returns:
+        one line per violation, naming the message and what is not allowed.
+    """
+    from federation import protocol
+
+    allowed = {
+        "train": ({protocol.ARRAYS: weight_shapes}, protocol.TRAIN_METRIC_KEYS),
+        "evaluate": ({}, protocol.EVALUATE_METRIC_KEYS),
+    }
+    if calibration_shapes is not None:
+        allowed[protocol.CALIBRATE] = (
+            {protocol.CALIBRATION: calibration_shapes},
+            protocol.CALIBRATE_METRIC_KEYS,
+        )
+    problems = []
+    for i, entry in enumerate(entries):
+        where = f"entry {i} ({entry.get('message_type')} from node {entry.get('src_node_id')})"
+        if "error" in entry:
+            if set(entry) - {"src_node_id", "message_type", "group_id", "error"}:
+                problems.append(f"{where}: an error reply carries more than the error")
+            continue
+        if entry.get("message_type") not in allowed:
+            problems.append(f"{where}: message type not in the protocol")
+            continue
+        arrays, metric_keys = allowed[entry["message_type"]]
+        shapes = {
+            name: {k: v["shape"] for k, v in record.items()}
+            for name, record in entry.get("arrays", {}).items()
+        }
+        if shapes != arrays:
+            problems.append(f"{where}: arrays {_diff(shapes, arrays)}")
+        metrics = entry.get("metrics", {})
+        if set(metrics) != {protocol.METRICS}:
+            problems.append(f"{where}: metric records {sorted(metrics)}")
+        elif set(metrics[protocol.METRICS]) - metric_keys or not _scalars(
+            metrics[protocol.METRICS]
+        ):
+            problems.append(f"{where}: metrics {sorted(metrics[protocol.METRICS])} not allowed")
+        configs = entry.get("configs", {})
+        if set(configs) - {protocol.SITE}:
+            problems.append(f"{where}: config records {sorted(configs)}")
+        elif set(configs.get(protocol.SITE, {})) - protocol.SITE_KEYS:
+            problems.append(f"{where}: site keys {sorted(configs[protocol.SITE])} not allowed")
+    return problems
+
+
+def _diff(got: dict[str, Any], expected: dict[str, Any]) -> str:
+    names = sorted(set(got) | set(expected))
+    parts = []
+    for name in names:
+        a, b = got.get(name, {}), expected.get(name, {})
+        extra = sorted(set(a) - set(b))
+        wrong = sorted(k for k in set(a) & set(b) if list(a[k]) != list(b[k]))
+        missing = sorted(set(b) - set(a))
+        if name not in expected:
+            parts.append(f"unexpected record {name!r}")
+        elif extra or wrong or missing:
+            parts.append(f"{name}: extra {extra}, wrong shape {wrong}, missing {missing}")
+    return "; ".join(parts) or "differ"

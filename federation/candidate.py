@@ -1,28 +1,25 @@
 """Turn a finished federated run into a candidate model bundle with its lineage.
 
-Calibration and the three operating modes are chosen by :func:`models.packaging.package_bundle`
-on validation cases: here, the union of the hospitals' local validation splits — the cases each
-hospital holds out and never trains on (:func:`federation.site.validation_split`). In the
-one-machine simulation the vendor process can read them; in a real deployment that step would
-run at the hospitals, and the vendor packages only when it is given registries it may read
-(``--sites``). The locked test set is verified and scored, never used to choose anything.
+The temperature, the three operating modes and the descriptor sources come from the run's
+federated calibration (``RUN/calibration.json``, :mod:`federation.calibrate`): fitted from the
+hospitals' aggregate statistics of their local validation splits, the cases each hospital holds
+out and never trains on. Packaging opens no registry, in the simulation as in a deployment. The
+locked test set is verified and scored, never used to choose anything.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from data_registry import LockedTestSet
+from federation.calibrate import read_calibration
 from federation.checkpoint import CheckpointStore
-from federation.config import SiteSpec
 from federation.continual import next_version
 from federation.exceptions import FederationRunError
 from federation.server import HISTORY_FILE, OUTCOME_FILE
-from federation.site import load_site
 from federation.task import decode_train_config, model_from_arrays
 from models.bundle import BundleMetadata, load_metadata
 from models.packaging import package_bundle
@@ -57,7 +54,6 @@ def _sites_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def package_candidate(
     run_dir: Path,
-    sites: Sequence[SiteSpec],
     out: Path,
     *,
     testset: Path,
@@ -69,7 +65,6 @@ def package_candidate(
 
     Args:
         run_dir: the run folder (``outcome.json``, ``history.json``, ``checkpoints/``).
-        sites: the hospitals' registries (their local validation splits calibrate the bundle).
         out: the bundle folder.
         testset: the locked test set (verified, then scored into the bundle's metrics).
         version: the bundle's version (default: the parent's next minor, or ``0.<cycle+1>.0``).
@@ -80,7 +75,8 @@ def package_candidate(
         the bundle's metadata.
 
     Raises:
-        FederationRunError: the run folder holds no finished run.
+        FederationRunError: the run folder holds no finished run, or no calibration of its
+            final round.
         data_registry.TestSetIntegrityError: the locked set is not intact.
     """
     run_dir = Path(run_dir)
@@ -93,17 +89,12 @@ def package_candidate(
     checkpoint = CheckpointStore(run_dir / "checkpoints").load(int(outcome["final_round"]))
     model = model_from_arrays(recipe, checkpoint.arrays)
     config = outcome["config"]
-    val = []
-    for spec in sites:
-        site = load_site(
-            spec.registry,
-            since=None,
-            rehearsal_size=0,
-            val_fraction=float(config["val-fraction"]),
-            seed=int(config["seed"]),
-            cycle=int(config["cycle"]),
+    calibration = read_calibration(run_dir)
+    if calibration.round != int(outcome["final_round"]):
+        raise FederationRunError(
+            f"{run_dir}: the calibration is of round {calibration.round}, the run ended at "
+            f"round {outcome['final_round']}"
         )
-        val.extend(site.val)
     contributed = _sites_summary(history)
     parent = load_metadata(Path(outcome["init"])) if outcome.get("init") else None
     # A site that sent nothing this cycle keeps the registry version of the parent release.
@@ -141,19 +132,27 @@ def package_candidate(
         else {"version": parent.version, "weights_sha256": outcome.get("init_weights_sha256")},
         "dropped_updates": dropped,
         "failed_clients": failed,
+        "calibration": {
+            "round": calibration.round,
+            "sites": calibration.sites,
+            "dropped": calibration.dropped,
+            "failed": calibration.failed,
+            "epsilon": calibration.fitted.epsilon,
+        },
         "history_file": history_path.name,
         "code_commit": code_commit(),
     }
     training_data = {
         "sites": {s: {k: v for k, v in i.items() if k != "rounds"} for s, i in contributed.items()},
         "registries": registries,
-        "validation_cases": len(val),
-        "validation": "union of the hospitals' local validation splits (never trained on)",
+        "validation_cases": calibration.fitted.validation["n"],
+        "validation": "the hospitals' local validation splits (never trained on), evaluated at "
+        "the hospitals; only histograms and counts reached the vendor",
     }
     metadata = package_bundle(
         model,
         recipe,
-        val,
+        [],
         Path(out),
         version=version or next_version(parent.version if parent else None, cycle),
         training_data=training_data,
@@ -161,6 +160,7 @@ def package_candidate(
         lineage=lineage,
         locked=LockedTestSet(testset),
         progress=progress,
+        calibration=calibration.fitted,
     )
     history_path.parent.mkdir(parents=True, exist_ok=True)
     history_path.write_text(json.dumps(history, indent=1, default=str) + "\n")

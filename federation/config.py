@@ -3,8 +3,8 @@
 The same settings travel three ways, always under the same names:
 
 - ``params.yaml`` block ``federate:`` with snake_case keys (read by ``sonofed vendor federate``);
-- ``[tool.flwr.app.config]`` in ``pyproject.toml`` with flat kebab-case keys (``flwr run .``),
-  read back from ``context.run_config``;
+- ``flwr run .`` reads the same ``params.yaml`` block (``[tool.flwr.app.config]`` names the
+  file, ``params``), and kebab-case overrides in the run config's ``settings`` JSON;
 - the per-round ``ConfigRecord`` the server sends to the hospitals (kebab-case).
 
 Run-level paths (site registries, the locked test set, the run folder, the starting bundle) are
@@ -14,6 +14,7 @@ in :class:`RunPaths`, kept apart because they differ between machines.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,14 @@ class FederationConfig:
         trim_beta: fraction cut at each end by FedTrimmedAvg.
         fraction_evaluate: share of hospitals asked for local validation metrics each round
             (0 disables the client-side evaluation).
-        round_timeout: seconds the server waits for replies in a round.
+        round_timeout: seconds the server waits for replies in a round (and, before round
+            1, for every expected hospital to connect).
+        calibration_bins: bins of the malignancy-logit histograms the hospitals return for
+            federated calibration (equal bins over ``±calibration_logit_limit``, plus one open
+            bin at each end; every hospital gets the same edges).
+        calibration_logit_limit: half-width of the binned logit range.
+        dp_epsilon: ε of the Laplace noise each hospital adds to its calibration histograms
+            (ε-differential privacy for them; 0 = exact counts). Use coarse bins with it.
     """
 
     rounds: int = 3
@@ -96,6 +104,9 @@ class FederationConfig:
     trim_beta: float = 0.2
     fraction_evaluate: float = 1.0
     round_timeout: float = 3600.0
+    calibration_bins: int = 4000
+    calibration_logit_limit: float = 20.0
+    dp_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,6 +134,10 @@ class FederationConfig:
             problems.append("fraction_evaluate must lie in [0, 1]")
         if self.round_timeout <= 0:
             problems.append("round_timeout must be positive")
+        if not 1 <= self.calibration_bins <= 100_000 or self.calibration_logit_limit <= 0:
+            problems.append("calibration_bins must lie in 1..100000, calibration_logit_limit > 0")
+        if self.dp_epsilon < 0:
+            problems.append("dp_epsilon must be >= 0 (0: no noise)")
         if problems:
             raise FederationConfigError("federate: " + "; ".join(problems))
 
@@ -180,19 +195,96 @@ class FederationConfig:
         return {k: getattr(self, k) for k in keep}
 
 
+def federate_block(params: Path | None) -> dict[str, Any]:
+    """The raw ``federate:`` block of ``params.yaml`` (empty when the file or block is absent).
+
+    Raises:
+        FederationConfigError: the file is not valid YAML or the block is not a mapping.
+    """
+    if params is None or not Path(params).is_file():
+        return {}
+    try:
+        document = yaml.safe_load(Path(params).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FederationConfigError(f"{params}: not valid YAML ({e})") from e
+    block = document.get("federate") or {}
+    if not isinstance(block, Mapping):
+        raise FederationConfigError(f"{params}: federate: expected a mapping of settings")
+    return dict(block)
+
+
 def load_federate_params(params: Path | None) -> FederationConfig:
     """The ``federate:`` block of ``params.yaml`` (defaults when the file or block is absent).
 
     Raises:
         FederationConfigError: an unknown key or a bad value.
     """
-    if params is None or not Path(params).is_file():
-        return FederationConfig()
-    try:
-        document = yaml.safe_load(Path(params).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FederationConfigError(f"{params}: not valid YAML ({e})") from e
-    return FederationConfig.from_mapping(document.get("federate") or {})
+    return FederationConfig.from_mapping(federate_block(params))
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    """Settings given as ``key=value,key=value`` (or a JSON object) in one run-config string.
+
+    The pairs form needs no quotes, so it passes through ``flwr run --run-config
+    'settings="rounds=2,local-epochs=1"'`` (Flower's parser allows no quote inside a quoted
+    value) and through :func:`federation.deployment.submit_run`.
+
+    Raises:
+        FederationConfigError: neither form.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise FederationConfigError(f"run config {SETTINGS_KEY}: not JSON ({e})") from e
+        if not isinstance(values, dict):
+            raise FederationConfigError(f"run config {SETTINGS_KEY}: expected a JSON object")
+        return {str(k): v for k, v in values.items()}
+    out: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FederationConfigError(
+                f"run config {SETTINGS_KEY}: {pair!r} is not key=value (expected e.g. "
+                "'rounds=2,local-epochs=1')"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def format_settings(config: FederationConfig) -> str:
+    """Every setting of ``config`` in the ``key=value,…`` form :func:`parse_settings` reads."""
+
+    def text(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return ",".join(f"{k}={text(v)}" for k, v in config.to_run_config().items())
+
+
+def config_from_run_config(run_config: Mapping[str, Any], params: Path | None) -> FederationConfig:
+    """The settings of a Flower run: ``params.yaml``'s ``federate:`` block, then the run
+    config's ``settings`` (``key=value,…`` pairs or a JSON object: ``flwr run . --run-config
+    'settings="rounds=2"'``, or what ``sonofed vendor federate --superlink`` sends) on top.
+
+    Flower refuses run-config overrides whose key ``[tool.flwr.app.config]`` does not declare,
+    so the settings travel in that one key instead of being declared (and defaulted) twice.
+
+    Raises:
+        FederationConfigError: an unknown key, a bad value, or unreadable ``settings``.
+    """
+    names = {f.name.replace("_", "-") for f in dataclasses.fields(FederationConfig)}
+    values = {str(k).replace("_", "-"): v for k, v in federate_block(params).items()}
+    values.update({k: v for k, v in run_config.items() if k in names})
+    extra = parse_settings(str(run_config.get(SETTINGS_KEY, "") or ""))
+    values.update({k.replace("_", "-"): v for k, v in extra.items()})
+    return FederationConfig.from_mapping(values)
+
+
+SETTINGS_KEY = "settings"
+"""Run-config key holding federation settings as JSON (over the params file's block)."""
 
 
 @dataclass(frozen=True)

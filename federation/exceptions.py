@@ -42,3 +42,17 @@ class DeploymentError(FederationError):
 
 class RegistrationError(DeploymentError):
     """A hospital's public key could not be registered with the SuperLink."""
+
+
+class TlsCheckError(DeploymentError):
+    """A TLS connection failed its check: the certificate does not name the host, is not signed
+    by the given CA, or the vendor's client certificate was refused."""
+
+
+class ProxyError(DeploymentError):
+    """The reverse proxy in front of the SuperLink (nginx) could not be configured or started."""
+
+
+class AppApprovalError(DeploymentError):
+    """A hospital's list of approved Flower apps is missing or malformed, or an app it was sent
+    is not on it."""

@@ -11,6 +11,8 @@ A hospital misbehaves only when its node config carries ``fault`` (``--node-conf
 ``scale:K``         the reply's weights are multiplied by ``K`` (a boosted/poisoned update)
 ``nan``             the reply's weights are NaN
 ``flip-labels``     the client trains with every benign/malignant label flipped
+``leak-scores``     the calibration reply also carries every validation case's logit (the
+                    vendor must refuse it: :func:`federation.calibrate.malformed_calibration`)
 ==================  ==========================================================================
 """
 
@@ -28,7 +30,7 @@ from models.data import LesionSample
 
 __all__ = ["Fault", "parse_fault"]
 
-KINDS = ("exit", "crash", "scale", "nan", "flip-labels")
+KINDS = ("exit", "crash", "scale", "nan", "flip-labels", "leak-scores")
 
 
 @dataclass(frozen=True)

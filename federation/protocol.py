@@ -5,6 +5,13 @@ Server → hospital (train and evaluate): ``arrays`` (the global weights) and ``
 ``metrics`` (:data:`TRAIN_METRIC_KEYS` / :data:`EVALUATE_METRIC_KEYS`: counts and averages,
 never a per-case value) and ``site`` (:data:`SITE_KEYS`: which registry version was used).
 Nothing else is sent; the audit (:mod:`federation.audit`) records every reply's structure.
+
+Calibration (``evaluate.calibrate``, once after the last round): server → hospital ``arrays``
+(the candidate) and ``config`` (:data:`CALIBRATE_CONFIG_KEYS`: the recipe, the validation split
+and the shared logit bins); hospital → server ``calibration`` (exactly the arrays of
+:func:`calibration_array_shapes`: two class histograms and one confusion table per descriptor
+and source, all of fixed shapes that do not depend on the number of cases), ``metrics``
+(:data:`CALIBRATE_METRIC_KEYS`: counts and the Dice sum) and ``site``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ import math
 from collections.abc import Sequence
 
 from flwr.app import MetricRecord, RecordDict
+
+from models.calibration import LogitBins
+from models.validation_stats import DESCRIPTORS, SOURCES, confusion_shape
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -54,6 +64,40 @@ TRAIN_METRIC_KEYS = frozenset(
 )
 EVALUATE_METRIC_KEYS = frozenset({WEIGHT, "val-auc", "val-dice"})
 SITE_KEYS = frozenset({"site-id", "registry-site", "registry-version", "registry-hash"})
+
+CALIBRATE = "evaluate.calibrate"
+"""Message type of the calibration request (``@app.evaluate("calibrate")``)."""
+CALIBRATION = "calibration"
+"""Array record of a calibration reply."""
+CALIBRATE_CONFIG_KEYS = frozenset(
+    {"train-config", "val-fraction", "seed", "cycle", "logit-low", "logit-high", "logit-bins",
+     "dp-epsilon"}
+)  # fmt: skip
+CALIBRATE_METRIC_KEYS = frozenset({WEIGHT, "benign-cases", "malignant-cases", "dice-sum"})
+HISTOGRAMS = ("hist-benign", "hist-malignant")
+
+
+def confusion_key(source: str, descriptor: str) -> str:
+    """Array name of one confusion table in a calibration reply."""
+    return f"confusion-{source}-{descriptor}"
+
+
+def calibration_array_shapes(bins: LogitBins) -> dict[str, tuple[int, ...]]:
+    """Every array a calibration reply holds, with its one allowed shape."""
+    shapes: dict[str, tuple[int, ...]] = {name: (bins.size,) for name in HISTOGRAMS}
+    for source in SOURCES:
+        for name in DESCRIPTORS:
+            shapes[confusion_key(source, name)] = confusion_shape(name)
+    return shapes
+
+
+def bins_from_config(config) -> LogitBins:
+    """The shared logit bins named in a calibration request's config."""
+    return LogitBins(
+        low=float(config["logit-low"]),
+        high=float(config["logit-high"]),
+        count=int(config["logit-bins"]),
+    )
 
 
 COUNT_KEYS = frozenset({"val-cases", "new-cases", "rehearsal-cases"})

@@ -6,6 +6,8 @@ alike. It writes into the run folder:
 - ``checkpoints/`` after every round (:mod:`federation.checkpoint`);
 - ``audit.jsonl``, the structure of every received message (:mod:`federation.audit`);
 - ``history.json``, one row per round (round 0 = the starting model);
+- ``calibration.json``, after the last round: what the hospitals' validation statistics of the
+  final model gave (:mod:`federation.calibrate`; the vendor never reads a validation case);
 - ``outcome.json``, what packaging needs: the recipe, the sites and registry versions used,
   the locked set's manifest hash, the final checkpoint.
 """
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,11 @@ from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from federation.audit import AuditingGrid
+from federation.calibrate import run_calibration
 from federation.checkpoint import CheckpointStore
 from federation.config import FederationConfig, RunPaths
 from federation.continual import since_from_bundle
-from federation.exceptions import FederationConfigError
+from federation.exceptions import FederationConfigError, FederationRunError
 from federation.scoring import LockedScorer, metric_record_values
 from federation.strategy import build_strategy
 from federation.task import (
@@ -66,6 +70,14 @@ class ServerPlan:
             simulation: registry versions and content hashes); part of the run's identity.
         scorer_threads: torch threads for scoring on the locked set (1 by default: on a
             shared two-core machine more threads oversubscribe it and run several times slower).
+        require_all_sites: before round 1, wait up to ``join_timeout`` for ``num_sites``
+            hospitals and fail when fewer connect (``flwr run .``: its simulation starts as
+            many SuperNodes as it is told, 2 by default); otherwise go on with whoever came.
+        join_timeout: seconds to wait for the hospitals before round 1 (None: 30 s with
+            ``require_all_sites``, else the round timeout up to 5 minutes).
+        calibrate: after the last round, collect the hospitals' validation statistics of the
+            final model and fit calibration, modes and descriptor sources from them.
+        on_round: called with every new history row (the CLI prints one line per round).
     """
 
     config: FederationConfig
@@ -75,6 +87,10 @@ class ServerPlan:
     restart: bool = False
     data_fingerprint: dict[str, Any] = field(default_factory=dict)
     scorer_threads: int = 1
+    require_all_sites: bool = False
+    join_timeout: float | None = None
+    calibrate: bool = True
+    on_round: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,33 @@ def _round_config(plan: ServerPlan, recipe: TrainConfig, since: dict[str, int]) 
             "cycle": c.cycle,
         }
     )
+
+
+def _wait_for_sites(grid: Grid, plan: ServerPlan) -> int:
+    """Wait until ``plan.num_sites`` hospitals are connected (or the join timeout passes).
+
+    Raises:
+        FederationRunError: fewer connected and ``require_all_sites`` is set.
+    """
+    timeout = plan.join_timeout
+    if timeout is None:  # a simulation's nodes are there at once; deployed hospitals may lag
+        timeout = 30.0 if plan.require_all_sites else min(plan.config.round_timeout, 300.0)
+    deadline = time.monotonic() + timeout
+    connected = len(list(grid.get_node_ids()))
+    while connected < plan.num_sites and time.monotonic() < deadline:
+        time.sleep(0.5)
+        connected = len(list(grid.get_node_ids()))
+    if connected < plan.num_sites:
+        message = (
+            f"{connected} hospital(s) connected, {plan.num_sites} expected, after {timeout:g} s"
+        )
+        if plan.require_all_sites:
+            raise FederationRunError(
+                message + ": in Flower's simulation start as many SuperNodes as sites "
+                f"(flwr run . --federation-config 'num-supernodes={plan.num_sites}')"
+            )
+        log.warning("%s: starting with those", message)
+    return connected
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -167,6 +210,8 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         arrays, history, offset = checkpoint.arrays, checkpoint.history, checkpoint.round
         resumed_from = offset
         log.warning("resuming from the checkpoint of round %d", offset)
+        for row in history if plan.on_round is not None else ():
+            plan.on_round(row)
     strategy = build_strategy(plan.config, num_sites=plan.num_sites, round_offset=offset)
 
     def evaluate_fn(server_round: int, record) -> MetricRecord:
@@ -183,13 +228,18 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         store.save(actual, current, history, fingerprint)
         _write_json(run_dir / HISTORY_FILE, history)
         log.info("round %d: locked-test AUC %s, Dice %s", actual, row.get("auc"), row.get("dice"))
+        if plan.on_round is not None:
+            plan.on_round(row)
         return MetricRecord(metric_record_values(row))
 
+    audited = AuditingGrid(grid, run_dir / AUDIT_FILE)
     remaining = plan.config.rounds - offset
+    if remaining > 0 or plan.calibrate:
+        _wait_for_sites(grid, plan)
     if remaining > 0:
         round_config = _round_config(plan, recipe, since)
         strategy.start(
-            grid=AuditingGrid(grid, run_dir / AUDIT_FILE),
+            grid=audited,
             initial_arrays=to_record(arrays),
             num_rounds=remaining,
             timeout=plan.config.round_timeout,
@@ -199,6 +249,13 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         )
     final_round = max(row["round"] for row in history)
     _write_json(run_dir / HISTORY_FILE, history)
+    if plan.calibrate:
+        last = next(row for row in history if row["round"] == final_round)
+        run_calibration(
+            audited, store.load(final_round).arrays, config=plan.config, recipe=recipe,
+            final_round=final_round, run_dir=run_dir,
+            skip_nodes=[f["node_id"] for f in last.get("failed", []) if "node_id" in f],
+        )  # fmt: skip
     _write_json(
         run_dir / OUTCOME_FILE,
         {

@@ -6,6 +6,11 @@
 - :func:`choose_operating_points`: the thresholds of the console's three modes, chosen on
   validation cases and shipped in a model bundle's ``metadata.json``
   (:meth:`OperatingPoints.to_dict` / :meth:`OperatingPoints.from_dict`).
+- Histogram equivalents for federated calibration, where the vendor sees only per-class counts
+  of the validation logits in fixed bins shared by every hospital (:class:`LogitBins`):
+  :func:`fit_temperature_binned` and :func:`choose_operating_points_binned`. Thresholds lie on
+  bin edges and are moved outward (never inward) to the edge of the bin holding the order
+  statistic, so the tolerance bounds stay conservative.
 
 A case is called malignant when its calibrated probability is at or above the mode's threshold.
 """
@@ -361,3 +366,187 @@ def _validation_set(y_true: ArrayLike, prob: ArrayLike) -> tuple[NDArray, NDArra
     if len(np.unique(y)) < 2:
         raise CalibrationError("choosing operating points needs both classes in validation")
     return y.astype(np.int64), p
+
+
+class LogitBins(BaseModel):
+    """Fixed bins of the malignancy logit, shared by every hospital of a federation.
+
+    ``count`` equal bins over ``[low, high)`` plus one open bin below ``low`` and one at or
+    above ``high``: a histogram has ``count + 2`` entries. Bin ``k`` (1..count) holds logits
+    in ``[edges[k - 1], edges[k])``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float = -20.0
+    high: float = 20.0
+    count: int = Field(default=4000, ge=1, le=100_000)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise CalibrationError(
+                f"logit bins need finite low < high; got {self.low}, {self.high}"
+            )
+
+    @property
+    def size(self) -> int:
+        """Entries of a histogram (``count + 2``)."""
+        return self.count + 2
+
+    def edges(self) -> NDArray[np.float64]:
+        """The ``count + 1`` finite edges."""
+        return np.linspace(self.low, self.high, self.count + 1)
+
+    def lower_edges(self) -> NDArray[np.float64]:
+        """Lower edge of every histogram entry (``-inf`` for the open bin below)."""
+        return np.concatenate([[-np.inf], self.edges()])
+
+    def centers(self) -> NDArray[np.float64]:
+        """A representative logit per entry (the open bins use their finite edge)."""
+        e = self.edges()
+        return np.concatenate([[e[0]], (e[:-1] + e[1:]) / 2, [e[-1]]])
+
+    def histogram(self, logits: ArrayLike) -> NDArray[np.int64]:
+        """Counts of ``logits`` per entry.
+
+        Raises:
+            CalibrationError: a logit is not finite.
+        """
+        z = np.asarray(logits, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(z)):
+            raise CalibrationError("logits must be finite numbers")
+        index = np.searchsorted(self.edges(), z, side="right")
+        return np.bincount(index, minlength=self.size).astype(np.int64)
+
+
+def _class_counts(
+    benign: ArrayLike, malignant: ArrayLike, bins: LogitBins
+) -> tuple[NDArray, NDArray]:
+    b = np.asarray(benign, dtype=np.float64)
+    m = np.asarray(malignant, dtype=np.float64)
+    if b.shape != (bins.size,) or m.shape != (bins.size,):
+        raise CalibrationError(
+            f"histograms must have {bins.size} entries; got {b.shape} and {m.shape}"
+        )
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(m))) or b.min() < 0 or m.min() < 0:
+        raise CalibrationError("histogram counts must be finite and non-negative")
+    if b.sum() <= 0 or m.sum() <= 0:
+        raise CalibrationError("calibration needs both classes in the validation histograms")
+    return b, m
+
+
+def fit_temperature_binned(benign: ArrayLike, malignant: ArrayLike, bins: LogitBins) -> float:
+    """:func:`fit_temperature` from per-class logit histograms (each bin at its centre).
+
+    Args:
+        benign: counts of benign validation logits per entry of ``bins``.
+        malignant: the same for malignant lesions.
+        bins: the shared bins.
+
+    Returns:
+        The temperature ``T`` (> 0).
+
+    Raises:
+        CalibrationError: malformed histograms, one class only, or the optimum lies at the edge
+            of :data:`TEMPERATURE_RANGE`.
+    """
+    b, m = _class_counts(benign, malignant, bins)
+    z, total = bins.centers(), b.sum() + m.sum()
+
+    def nll(log_t: float) -> float:
+        scaled = z / math.exp(log_t)
+        return float(-(m @ log_expit(scaled) + b @ log_expit(-scaled)) / total)
+
+    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    if not result.success or min(result.x - low, high - result.x) < 1e-3:
+        raise CalibrationError(
+            f"no temperature in {TEMPERATURE_RANGE} minimises the validation loss "
+            "(logits carry no signal, or are separated perfectly)"
+        )
+    return float(math.exp(result.x))
+
+
+def _edge_probability(lower_edge: float, temperature: float) -> float:
+    """The calibrated probability of a logit threshold (0 below every bin, 1 above)."""
+    if lower_edge == -np.inf:
+        return 0.0
+    if lower_edge == np.inf:
+        return 1.0
+    return float(apply_temperature(np.array([lower_edge]), temperature)[0])
+
+
+def choose_operating_points_binned(
+    benign: ArrayLike,
+    malignant: ArrayLike,
+    bins: LogitBins,
+    *,
+    temperature: float,
+    confidence: float | None = None,
+) -> OperatingPoints:
+    """:func:`choose_operating_points` from per-class logit histograms.
+
+    Every threshold lies on a bin edge (a case is called malignant when its logit is at or
+    above it), and the rates reported are exact for those thresholds. With ``confidence``, the
+    high-sensitivity threshold is the lower edge of the bin holding the malignant order
+    statistic of rank :func:`tolerance_rank` (at or below the exact threshold: sensitivity
+    can only rise), and the high-specificity threshold the upper edge of the bin holding the
+    benign one (at or above the exact threshold: specificity can only rise).
+
+    Args:
+        benign: counts of benign validation logits per entry of ``bins`` (need not be integers:
+            differentially private counts are rounded and clipped at 0 first).
+        malignant: the same for malignant lesions.
+        bins: the shared bins.
+        temperature: the fitted temperature (thresholds are calibrated probabilities).
+        confidence: as for :func:`choose_operating_points`.
+
+    Returns:
+        The three operating points.
+
+    Raises:
+        CalibrationError: malformed histograms, one class only, bad temperature or confidence.
+    """
+    b, m = _class_counts(benign, malignant, bins)
+    b, m = np.rint(b), np.rint(m)
+    if b.sum() <= 0 or m.sum() <= 0:
+        raise CalibrationError("calibration needs both classes in the validation histograms")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise CalibrationError(f"confidence must lie in (0, 1), got {confidence}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CalibrationError(f"temperature must be positive and finite; got {temperature!r}")
+    n_mal, n_ben = m.sum(), b.sum()
+    # position j: entries j.. are called malignant (j = size: nothing is)
+    lower = np.concatenate([bins.lower_edges(), [np.inf]])
+    sens = np.concatenate([np.cumsum(m[::-1])[::-1], [0.0]]) / n_mal
+    # as roc_curve does (1 - fpr), so that a rate on a target compares the same way
+    spec = 1.0 - np.concatenate([np.cumsum(b[::-1])[::-1], [0.0]]) / n_ben
+
+    def at(j: int) -> OperatingPoint:
+        return OperatingPoint(
+            threshold=_edge_probability(float(lower[j]), temperature),
+            sensitivity=float(sens[j]),
+            specificity=float(spec[j]),
+        )
+
+    def top_of_run(j: int) -> int:
+        """The highest position with the same rates as ``j`` (the exact path's thresholds
+        sit on a case's score, at the top of the gap below it)."""
+        while j + 1 < len(sens) and sens[j + 1] == sens[j] and spec[j + 1] == spec[j]:
+            j += 1
+        return j
+
+    if confidence is None:
+        j_sens = int(np.flatnonzero(sens >= TARGET_SENSITIVITY)[-1])
+        j_spec = top_of_run(int(np.flatnonzero(spec >= TARGET_SPECIFICITY)[0]))
+    else:
+        rank = tolerance_rank(int(n_mal), TARGET_SENSITIVITY, confidence)
+        j_sens = int(np.flatnonzero(np.cumsum(m) >= rank)[0])
+        rank = tolerance_rank(int(n_ben), TARGET_SPECIFICITY, confidence)
+        from_top = np.cumsum(b[::-1])[::-1]  # benign at or above each entry
+        j_spec = int(np.flatnonzero(from_top >= rank)[-1]) + 1
+    balanced = (sens + spec) / 2
+    j_acc = top_of_run(int(np.flatnonzero(balanced == balanced.max())[0]))
+    return OperatingPoints(
+        high_sensitivity=at(j_sens), high_accuracy=at(j_acc), high_specificity=at(j_spec)
+    )

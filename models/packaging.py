@@ -1,8 +1,11 @@
 """Turn trained weights into a model bundle: export, calibrate, choose modes, score, write.
 
-Calibration, operating points and descriptor sources are chosen on validation cases through the
-exported ONNX model itself, so what is measured is what ships. The locked test set, when given,
-is verified first and only scored, never used to choose anything.
+Calibration, operating points and descriptor sources are chosen either on validation cases
+through the exported ONNX model itself (central training: what is measured is what ships), or
+given already fitted from the hospitals' aggregate validation statistics
+(:class:`models.validation_stats.FittedCalibration`: federated training, where the vendor never
+sees a validation case). The locked test set, when given, is verified first and only scored,
+never used to choose anything.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from models.report import write_evaluation_report
 from models.roi import RoiAugmentation
 from models.samples import samples_from_testset
 from models.train import TrainConfig, build_model, load_state_numpy, state_to_numpy
+from models.validation_stats import FittedCalibration
 
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
@@ -175,8 +179,22 @@ def package_bundle(
     lineage: Mapping[str, Any] | None = None,
     locked: LockedTestSet | None = None,
     progress: bool = False,
+    calibration: FittedCalibration | None = None,
 ) -> BundleMetadata:
     """Write ``out/`` as a complete bundle and return its metadata.
+
+    Args:
+        model: the trained network.
+        config: its recipe.
+        val: validation lesions to calibrate on (ignored when ``calibration`` is given).
+        out: the bundle folder.
+        version: the bundle's version.
+        training_data: what it was trained on (counts, registries).
+        parent_version: the release it continues.
+        lineage: how it came about.
+        locked: the locked test set to score it on.
+        progress: show progress bars.
+        calibration: temperature, modes and descriptor sources fitted elsewhere (federated).
 
     Raises:
         ExportError: ONNX export failed.
@@ -188,6 +206,32 @@ def package_bundle(
     export_onnx(model, out / MODEL_FILE, extra_metadata={"sonofed.version": version})
     torch.save({"state": state_to_numpy(model), "config": asdict(config)}, out / WEIGHTS_FILE)
     onnx_model = OnnxLesionModel(out / MODEL_FILE, num_threads=config.num_threads)
+    if calibration is not None:
+        temperature, points = calibration.temperature, calibration.points()
+        sources = dict(calibration.descriptor_sources)
+        metrics: dict[str, Any] = {
+            "calibration": calibration.note,
+            "validation": calibration.validation,
+            "validation_descriptors": calibration.validation_descriptors,
+            "descriptor_candidates": calibration.descriptor_candidates,
+            "validation_privacy": {
+                "epsilon": calibration.epsilon,
+                "bins": calibration.bins.model_dump(),
+            },
+        }
+    else:
+        temperature, points, sources, metrics = _calibrate_on(val, onnx_model, config, progress)
+    return _finish(
+        out, onnx_model, version=version, parent_version=parent_version, temperature=temperature,
+        points=points, sources=sources, metrics=metrics, training_data=training_data,
+        lineage=lineage, locked=locked, progress=progress,
+    )  # fmt: skip
+
+
+def _calibrate_on(
+    val: Sequence[LesionSample], onnx_model: OnnxLesionModel, config: TrainConfig, progress: bool
+) -> tuple[float, Any, dict[str, str], dict[str, Any]]:
+    """Temperature, modes, descriptor sources and validation metrics on validation cases."""
     outputs = evaluation.analyse_all(val, onnx_model.analyze, progress=progress, desc="validation")
     y = np.array([s.label for s in val])
     fusion, outputs, fusion_report = fit_fusion(val, outputs, enabled=config.fusion)
@@ -210,6 +254,25 @@ def package_bundle(
         "descriptor_candidates": candidates,
         "fusion": fusion_report,
     }
+    return temperature, points, sources, metrics
+
+
+def _finish(
+    out: Path,
+    onnx_model: OnnxLesionModel,
+    *,
+    version: str,
+    parent_version: str | None,
+    temperature: float,
+    points: Any,
+    sources: dict[str, str],
+    metrics: dict[str, Any],
+    training_data: Mapping[str, Any],
+    lineage: Mapping[str, Any] | None,
+    locked: LockedTestSet | None,
+    progress: bool,
+) -> BundleMetadata:
+    """Score on the locked set, write the evaluation report and the metadata."""
     if locked is not None:
         test = score_locked(
             _Fused(onnx_model, fusion), locked, temperature=temperature, points=points, sources=sources,

@@ -31,6 +31,27 @@ def test_federate_refuses_a_later_cycle_without_the_released_model(tiny_world, c
     assert "not a registry" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_federate_prints_one_line_per_round_and_a_calibrated_candidate(
+    tiny_world, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "candidate"
+    code = main(["vendor", "federate", "--sites", ",".join(str(p) for p in tiny_world.registries),
+                 "--testset", str(tiny_world.locked), "--cycle", "1", "--init", str(tiny_world.bundle),
+                 "--rounds", "1", "--out", str(out), "--params", str(tmp_path / "none.yaml")])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 2 and "locked-test AUC" in rounds[0]
+    assert rounds[1].endswith("sites site-a,site-b,site-c")
+    assert any(
+        line.startswith("calibrated at the hospitals (site-a, site-b, site-c") for line in lines
+    )
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["lineage"]["calibration"]["round"] == 1
+    assert "histograms" in metadata["metrics"]["validation"]["from"]
+
+
 def test_pki_and_keys_commands(tmp_path: Path, capsys) -> None:
     assert main(["vendor", "pki", "init", "--out", str(tmp_path / "pki"), "--json"]) == 0
     paths = json.loads(capsys.readouterr().out)

@@ -1,6 +1,7 @@
 """Federated rounds in Flower's simulation (real ClientApps in Ray worker processes) on the tiny
-phantom world: what leaves a hospital, per-round scoring and checkpoints, and faults — a
-hospital process that dies, a boosted update and a NaN update."""
+phantom world: what leaves a hospital, per-round scoring and checkpoints, federated calibration
+and packaging without the vendor opening a registry, and faults — a hospital process that dies,
+a boosted update and a NaN update."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 
 from data_registry import Registry
 from federation import protocol
-from federation.audit import read_audit
+from federation.audit import audit_violations, read_audit
+from federation.calibrate import bins_of, read_calibration
+from federation.candidate import package_candidate
 from federation.checkpoint import CheckpointStore
 from federation.config import FederationConfig, RunPaths, SiteSpec
 from federation.server import AUDIT_FILE, ServerPlan
@@ -28,12 +31,22 @@ def _plan(world, run_dir: Path, num_sites: int, **settings) -> ServerPlan:
     return ServerPlan(config, paths, num_sites=num_sites)
 
 
+def _no_registry(*args, **kwargs):
+    raise AssertionError("the vendor process opened a hospital registry")
+
+
 @pytest.fixture(scope="module")
 def clean_run(tiny_world, tmp_path_factory):
-    """Three honest hospitals, two rounds from the tiny bundle, local evaluation on."""
+    """Three honest hospitals, two rounds from the tiny bundle, local evaluation on, then the
+    candidate packaged. In the vendor's process (the ServerApp thread and packaging) opening a
+    registry fails; the hospitals' ClientApps run in Ray worker processes and read theirs."""
     run_dir = tmp_path_factory.mktemp("clean") / "run"
     sites = [SiteSpec(path) for path in tiny_world.registries]
-    outcome = run_federation(_plan(tiny_world, run_dir, 3, fraction_evaluate=1.0), sites)
+    plan = _plan(tiny_world, run_dir, 3, fraction_evaluate=1.0, calibration_logit_limit=2.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Registry, "__init__", _no_registry)
+        outcome = run_federation(plan, sites)
+        package_candidate(run_dir, run_dir.parent / "candidate", testset=tiny_world.locked)
     return outcome
 
 
@@ -70,10 +83,37 @@ def test_nothing_case_level_leaves_a_hospital(clean_run, tiny_world) -> None:
         for entry in Registry(path).entries:
             identifiers.update({entry.case.case_id, entry.case.patient_id, entry.case.image_sha256})
     entries = read_audit(clean_run.run_dir / AUDIT_FILE)
+    calibration_shapes = protocol.calibration_array_shapes(
+        bins_of(FederationConfig(calibration_logit_limit=2.0))
+    )
+    assert (
+        audit_violations(
+            entries,
+            weight_shapes=expected,
+            calibration_shapes={k: list(v) for k, v in calibration_shapes.items()},
+        )
+        == []
+    )
     kinds = [e["message_type"] for e in entries]
     assert kinds.count("train") == 3 * ROUNDS and kinds.count("evaluate") == 3 * ROUNDS
+    assert kinds.count(protocol.CALIBRATE) == 3
+    bins = bins_of(FederationConfig(calibration_logit_limit=2.0))
+    allowed_arrays = {k: list(v) for k, v in protocol.calibration_array_shapes(bins).items()}
     for entry in entries:
         assert "error" not in entry
+        if entry["message_type"] == protocol.CALIBRATE:
+            # two fixed-size class histograms and fixed confusion tables, whatever the number
+            # of cases; a few counts; nothing else
+            assert set(entry["arrays"]) == {protocol.CALIBRATION}
+            record = entry["arrays"][protocol.CALIBRATION]
+            assert {k: v["shape"] for k, v in record.items()} == allowed_arrays
+            assert set(entry["metrics"]) == {protocol.METRICS}
+            assert set(entry["metrics"][protocol.METRICS]) == protocol.CALIBRATE_METRIC_KEYS
+            assert all(isinstance(v, int | float) for v in entry["metrics"]["metrics"].values())
+            site = entry["configs"].get(protocol.SITE, {})
+            assert set(entry["configs"]) <= {protocol.SITE} and set(site) <= protocol.SITE_KEYS
+            assert not {str(v) for v in site.values()} & identifiers
+            continue
         assert set(entry["configs"]) <= {protocol.SITE}
         assert set(entry["metrics"]) == {protocol.METRICS}
         allowed = (
@@ -94,6 +134,51 @@ def test_nothing_case_level_leaves_a_hospital(clean_run, tiny_world) -> None:
             assert entry["arrays"] == {}
 
 
+def test_the_candidate_is_calibrated_from_the_hospitals_statistics(clean_run, tiny_world) -> None:
+    """The bundle's temperature, modes and descriptor sources are those the vendor fitted from
+    the three hospitals' summed validation statistics of the final round's model, and they are
+    what the hospitals' pooled validation cases give (computed here by the test)."""
+    import json
+
+    from federation.site import load_site
+    from federation.task import model_from_arrays
+    from models.calibration import LogitBins
+    from models.packaging import load_weights
+    from models.train import predict
+    from models.validation_stats import fit_calibration, validation_statistics
+
+    calibration = read_calibration(clean_run.run_dir)
+    assert calibration.round == ROUNDS and sorted(calibration.sites) == [
+        "site-a",
+        "site-b",
+        "site-c",
+    ]
+    assert calibration.dropped == [] and calibration.failed == []
+    metadata = json.loads((clean_run.run_dir.parent / "candidate" / "metadata.json").read_text())
+    fitted = calibration.fitted
+    assert metadata["temperature"] == fitted.temperature
+    assert metadata["operating_points"] == fitted.operating_points
+    assert metadata["descriptor_sources"] == fitted.descriptor_sources
+    assert metadata["training_data"]["validation_cases"] == fitted.validation["n"]
+    assert metadata["lineage"]["calibration"]["sites"] == calibration.sites
+    _, recipe = load_weights(tiny_world.bundle)
+    final = CheckpointStore(clean_run.run_dir / "checkpoints").load(ROUNDS)
+    model = model_from_arrays(recipe, final.arrays)
+    bins = LogitBins(low=-2.0, high=2.0, count=fitted.bins.count)
+    pooled = None
+    for registry in tiny_world.registries:
+        val = load_site(registry, since=None, rehearsal_size=0, val_fraction=0.15, seed=0,
+                        cycle=1).val  # fmt: skip
+        stats = validation_statistics(val, predict(model, val), bins)
+        pooled = stats if pooled is None else pooled.merge(stats)
+    assert pooled.cases == fitted.validation["n"]
+    expected = fit_calibration(pooled, confidence=recipe.operating_confidence)
+    assert expected.descriptor_sources == fitted.descriptor_sources
+    assert expected.temperature == pytest.approx(fitted.temperature, rel=1e-3)
+    for mode, point in expected.operating_points.items():
+        assert point == pytest.approx(fitted.operating_points[mode], abs=1e-3)
+
+
 def test_dead_boosted_and_nan_hospitals_do_not_change_the_model(
     clean_run, tiny_world, tmp_path
 ) -> None:
@@ -112,6 +197,11 @@ def test_dead_boosted_and_nan_hospitals_do_not_change_the_model(
     ]
     plan = _plan(tiny_world, tmp_path / "run", len(sites), fraction_evaluate=0.0, min_clients=3)
     outcome = run_federation(plan, sites)
+    # calibration: the hospital that failed the last round is not asked; the NaN and boosted
+    # ones corrupted weights, not statistics, so they are counted
+    calibration = read_calibration(outcome.run_dir)
+    assert sorted(calibration.sites) == ["site-a", "site-b", "site-boost", "site-c", "site-nan"]
+    assert calibration.dropped == [] and len(calibration.failed) == 1
     for row in outcome.history[1:]:
         assert row["sites"] == ["site-a", "site-b", "site-c"]
         assert {(d["site"], d["reason"]) for d in row["dropped"]} == {

@@ -514,3 +514,166 @@ def test_running_statistics_count_for_finiteness_but_not_for_the_norm() -> None:
     report = screen_updates(reference, updates, norm_factor=5.0)
     assert report.kept == [0, 1, 2]
     assert [(d.site_id, d.reason) for d in report.dropped] == [("s3", "non-finite")]
+
+
+# -- federated calibration: what a hospital replies and what the vendor accepts --------------
+
+
+class _HospitalsInProcess(_NodesOnly):
+    """A Grid whose nodes are hospitals answering calibration requests in this process with
+    the real ClientApp code (``settings`` per node id)."""
+
+    def __init__(self, settings: dict) -> None:
+        super().__init__(sorted(settings))
+        self.settings = settings
+        self.received: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from federation.calibrate import calibrate_reply
+
+        replies = []
+        for m in messages:
+            reply = calibrate_reply(m, None, self.settings[m.metadata.dst_node_id])
+            assert reply.metadata.src_node_id == m.metadata.dst_node_id
+            replies.append(reply)
+        self.received.extend(replies)
+        return replies
+
+
+def _calibration_world(tiny_world):
+    from federation.task import exchanged_state
+    from models.packaging import load_weights
+
+    model, recipe = load_weights(tiny_world.bundle)
+    return exchanged_state(model), recipe
+
+
+def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_identity) -> None:
+    from federation.calibrate import (
+        bins_of,
+        calibrate_reply,
+        calibration_request,
+        decode_statistics,
+        malformed_calibration,
+    )
+    from federation.client import NodeSettings
+    from federation.task import to_record
+
+    arrays, recipe = _calibration_world(tiny_world)
+    config = FederationConfig(val_fraction=0.3)
+    bins = bins_of(config)
+    request = Message(
+        content=RecordDict(
+            {
+                protocol.ARRAYS: to_record(arrays),
+                protocol.CONFIG: calibration_request(config, recipe),
+            }
+        ),
+        dst_node_id=3,
+        message_type=protocol.CALIBRATE,
+    )
+    registry = tiny_world.registries[0]
+    honest = calibrate_reply(request, None, NodeSettings(registry)).content
+    assert malformed_calibration(honest, bins) is None
+    shapes = {k: tuple(v.shape) for k, v in honest[protocol.CALIBRATION].items()}
+    assert shapes == protocol.calibration_array_shapes(bins)  # fixed: no per-case dimension
+    site = load_site(registry, since=None, rehearsal_size=0, val_fraction=0.3, seed=0, cycle=0)
+    stats = decode_statistics(honest, bins, 0.0)
+    assert stats.cases == len(site.val) == sum(stats.benign) + sum(stats.malignant)
+    assert set(honest[protocol.METRICS].keys()) == protocol.CALIBRATE_METRIC_KEYS
+
+    leaky = calibrate_reply(request, None, NodeSettings(registry, fault=parse_fault("leak-scores")))
+    assert "per-case-logits" in malformed_calibration(leaky.content, bins)
+    # the audit's allow-list flags the same reply, and passes the honest one
+    from federation.audit import audit_violations, describe
+
+    allowed = {k: list(v) for k, v in protocol.calibration_array_shapes(bins).items()}
+    weights = {k: list(v.shape) for k, v in arrays.items()}
+    honest_reply = calibrate_reply(request, None, NodeSettings(registry))
+    check = [describe(honest_reply), describe(leaky)]
+    problems = audit_violations(check, weight_shapes=weights, calibration_shapes=allowed)
+    assert len(problems) == 1 and "entry 1" in problems[0] and "per-case-logits" in problems[0]
+
+    request.content[protocol.CONFIG]["dp-epsilon"] = 1.0
+    noisy = calibrate_reply(request, None, NodeSettings(registry)).content
+    assert malformed_calibration(noisy, bins) is None
+    histogram = noisy[protocol.CALIBRATION]["hist-benign"].numpy()
+    assert not np.allclose(histogram, np.rint(histogram))  # Laplace noise on every bin
+
+
+def test_the_vendor_fits_from_summed_statistics_and_drops_oversending_hospitals(
+    tiny_world, task_identity, tmp_path: Path
+) -> None:
+    from federation.calibrate import read_calibration, run_calibration
+    from federation.client import NodeSettings
+    from models.calibration import LogitBins
+    from models.train import predict
+    from models.validation_stats import fit_calibration, validation_statistics
+
+    arrays, recipe = _calibration_world(tiny_world)
+    config = FederationConfig(val_fraction=0.3, calibration_logit_limit=1.0)
+    a, b, c = tiny_world.registries
+    grid = _HospitalsInProcess(
+        {
+            11: NodeSettings(a),
+            12: NodeSettings(b),
+            13: NodeSettings(c, site_id="site-leaks", fault=parse_fault("leak-scores")),
+        }
+    )
+    result = run_calibration(
+        grid, arrays, config=config, recipe=recipe, final_round=4, run_dir=tmp_path
+    )
+    assert sorted(result.sites) == ["site-a", "site-b"]
+    assert [(d["site"], d["reason"]) for d in result.dropped] == [("site-leaks", "structure")]
+    assert read_calibration(tmp_path) == result
+    # the same fit as on the two hospitals' pooled validation cases (computed here, by the test)
+    from models.packaging import load_weights
+
+    model, _ = load_weights(tiny_world.bundle)
+    bins = LogitBins(low=-1.0, high=1.0, count=config.calibration_bins)
+    pooled = None
+    for registry in (a, b):
+        val = load_site(registry, since=None, rehearsal_size=0, val_fraction=0.3, seed=0,
+                        cycle=0).val  # fmt: skip
+        stats = validation_statistics(val, predict(model, val), bins)
+        pooled = stats if pooled is None else pooled.merge(stats)
+    expected = fit_calibration(pooled, confidence=recipe.operating_confidence)
+    assert result.fitted == expected
+
+
+def test_flwr_run_reads_params_yaml_and_settings_json(tmp_path: Path) -> None:
+    from federation.server_app import plan_from_run_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text("federate:\n  rounds: 7\n  val_fraction: 0.2\n  strategy: krum\n")
+    run_config = {
+        "params": str(params), "settings": "rounds=2", "sites": "a,b,c", "num-sites": 0,
+        "testset": str(tmp_path / "locked"), "run-dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    plan = plan_from_run_config(run_config)
+    assert (plan.config.rounds, plan.config.val_fraction, plan.config.strategy) == (2, 0.2, "krum")
+    assert plan.num_sites == 3 and plan.require_all_sites
+    with pytest.raises(FederationConfigError, match="params"):
+        plan_from_run_config({**run_config, "params": str(tmp_path / "absent.yaml")})
+    with pytest.raises(FederationConfigError, match="settings"):
+        plan_from_run_config({**run_config, "settings": "{rounds"})
+    with pytest.raises(FederationConfigError, match="key=value"):
+        plan_from_run_config({**run_config, "settings": "rounds"})
+    assert plan_from_run_config({**run_config, "settings": '{"rounds": 3}'}).config.rounds == 3
+    # what `vendor federate --superlink` sends survives Flower's --run-config parser and
+    # gives back every setting
+    from flwr.common.config import parse_config_args
+
+    from federation.config import format_settings
+
+    sent = FederationConfig(rounds=4, strategy="krum", keep_optimizer=False, proximal_mu=1e-05)
+    parsed = parse_config_args([f'settings="{format_settings(sent)}" params="{params}"'])
+    assert plan_from_run_config({**run_config, **parsed}).config == sent
+    # the repository's pyproject states no setting the params file holds
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    settings = {f.replace("_", "-") for f in FederationConfig.__dataclass_fields__}
+    assert not settings & set(app)
+    assert app["params"] == "params.yaml"
