@@ -450,6 +450,9 @@ def fit_temperature_binned(benign: ArrayLike, malignant: ArrayLike, bins: LogitB
         CalibrationError: malformed histograms, one class only, or the optimum lies at the edge
             of :data:`TEMPERATURE_RANGE`.
     """
+    from scipy.optimize import minimize_scalar  # the console never fits: keep scipy off its path
+    from scipy.special import log_expit
+
     b, m = _class_counts(benign, malignant, bins)
     z, total = bins.centers(), b.sum() + m.sum()
 

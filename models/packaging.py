@@ -218,20 +218,27 @@ def package_bundle(
                 "epsilon": calibration.epsilon,
                 "bins": calibration.bins.model_dump(),
             },
+            "fusion": {
+                "used": False,
+                "reason": "federated calibration: the outline fusion needs pooled validation cases",
+            },
         }
+        fusion = None
     else:
-        temperature, points, sources, metrics = _calibrate_on(val, onnx_model, config, progress)
+        temperature, points, sources, metrics, fusion = _calibrate_on(
+            val, onnx_model, config, progress
+        )
     return _finish(
         out, onnx_model, version=version, parent_version=parent_version, temperature=temperature,
         points=points, sources=sources, metrics=metrics, training_data=training_data,
-        lineage=lineage, locked=locked, progress=progress,
+        lineage=lineage, locked=locked, progress=progress, fusion=fusion,
     )  # fmt: skip
 
 
 def _calibrate_on(
     val: Sequence[LesionSample], onnx_model: OnnxLesionModel, config: TrainConfig, progress: bool
-) -> tuple[float, Any, dict[str, str], dict[str, Any]]:
-    """Temperature, modes, descriptor sources and validation metrics on validation cases."""
+) -> tuple[float, Any, dict[str, str], dict[str, Any], FusionModel | None]:
+    """Temperature, modes, descriptor sources, validation metrics and fusion on validation cases."""
     outputs = evaluation.analyse_all(val, onnx_model.analyze, progress=progress, desc="validation")
     y = np.array([s.label for s in val])
     fusion, outputs, fusion_report = fit_fusion(val, outputs, enabled=config.fusion)
@@ -254,7 +261,7 @@ def _calibrate_on(
         "descriptor_candidates": candidates,
         "fusion": fusion_report,
     }
-    return temperature, points, sources, metrics
+    return temperature, points, sources, metrics, fusion
 
 
 def _finish(
@@ -271,6 +278,7 @@ def _finish(
     lineage: Mapping[str, Any] | None,
     locked: LockedTestSet | None,
     progress: bool,
+    fusion: FusionModel | None = None,
 ) -> BundleMetadata:
     """Score on the locked set, write the evaluation report and the metadata."""
     if locked is not None:
