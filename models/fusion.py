@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.descriptors import lesion_features
+from models.descriptors import FEATURE_NAMES, lesion_features
 from models.exceptions import MaskError, ModelError
 
 __all__ = [
@@ -35,35 +35,8 @@ __all__ = [
     "group_folds",
 ]
 
-FUSION_FEATURES: tuple[str, ...] = (
-    "circularity",
-    "convexity",
-    "solidity",
-    "eccentricity",
-    "axis_ratio",
-    "aspect",
-    "tilt_deg",
-    "ellipse_residual",
-    "curvature_energy",
-    "angularity_deg",
-    "corner_count",
-    "lobulation",
-    "microlobulation",
-    "spike_count",
-    "boundary_gradient",
-    "edge_sharpness",
-    "ring_contrast",
-    "interior_mean_rel",
-    "interior_std_rel",
-    "heterogeneity",
-    "fluid_fraction",
-    "solid_fraction",
-    "posterior_ratio",
-    "posterior_min_ratio",
-    "posterior_max_ratio",
-    "glcm_contrast",
-    "glcm_homogeneity",
-)
+SIZE_FEATURES = ("area", "perimeter")
+FUSION_FEATURES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in SIZE_FEATURES)
 """The outline's features that enter the fusion (size in pixels is left out: it depends on the
 scanner's pixel spacing)."""
 LOGIT = "network_logit"
