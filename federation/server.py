@@ -113,7 +113,7 @@ def _starting_point(plan: ServerPlan) -> tuple[TrainConfig, dict[str, np.ndarray
             )
         recipe = plan.recipe or train_config_from_params(plan.paths.params)
         torch.manual_seed(recipe.seed)
-        return recipe, exchanged_state(build_model(recipe)), None
+        return recipe, exchanged_state(build_model(recipe, pretrained=True)), None
     model, recipe = load_weights(init)
     digest = hashlib.sha256((Path(init) / WEIGHTS_FILE).read_bytes()).hexdigest()
     return recipe, exchanged_state(model), digest

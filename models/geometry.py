@@ -58,6 +58,10 @@ class RoiSpec:
             pass 1 (the extent is the Chebyshev radius of the predicted mask around the seed);
             training crops centre on the same framing.
         refine_passes: extra second passes, each re-estimating the extent from the previous one.
+        pass2_proposals: how many first-pass extents the second pass frames (0: every distinct
+            one, the most self-consistent kept); with N > 0 the N best-framed first-pass views
+            (extent/half-width closest to the training framing) propose, so the usual second
+            pass is one crop (and its mirror) instead of up to three.
         min_half_width: smallest crop half-width in image pixels.
         threshold: probability above which a pixel belongs to the lesion.
         flip_tta: average the second pass with its horizontal mirror.
@@ -69,6 +73,7 @@ class RoiSpec:
     pass1_fractions: tuple[float, ...] = (0.12, 0.24, 0.48)
     context_factor: float = 2.0
     refine_passes: int = 1
+    pass2_proposals: int = 0
     min_half_width: float = 8.0
     threshold: float = 0.5
     flip_tta: bool = True
@@ -82,6 +87,8 @@ class RoiSpec:
             raise ConfigError(f"pass1_fractions must lie in (0, 1], got {self.pass1_fractions}")
         if self.context_factor <= 1.0:
             raise ConfigError(f"context_factor must exceed 1, got {self.context_factor}")
+        if self.pass2_proposals < 0:
+            raise ConfigError(f"pass2_proposals must be >= 0, got {self.pass2_proposals}")
         if self.refine_passes < 0 or self.min_half_width <= 0 or not 0 < self.threshold < 1:
             raise ConfigError("refine_passes >= 0, min_half_width > 0, threshold in (0, 1)")
 

@@ -204,6 +204,40 @@ def _fallback_extent(views: Sequence[_View], spec: RoiSpec) -> float:
     return views[0].half * spec.target_ratio / 2.0
 
 
+def _proposals(first: Sequence[_View], spec: RoiSpec) -> list[float]:
+    """Distinct extents of the usable first-pass views for the second pass to frame.
+
+    Every distinct one (largest first) when ``spec.pass2_proposals`` is 0; otherwise the
+    ``pass2_proposals`` views framed most like training (extent/half-width nearest the target).
+    """
+    usable = [v for v in first if v.usable]
+    if spec.pass2_proposals:
+        target = math.log(spec.target_ratio)
+        usable.sort(key=lambda v: abs(math.log(v.extent / v.half) - target))
+    else:
+        usable.sort(key=lambda v: -v.extent)
+    proposals: list[float] = []
+    for v in usable:
+        if all(abs(math.log(v.extent / p)) > math.log(1.1) for p in proposals):
+            proposals.append(v.extent)
+    return proposals[: spec.pass2_proposals] if spec.pass2_proposals else proposals
+
+
+def _component_in(
+    mask: np.ndarray, seed: tuple[int, int], region: tuple[slice, slice] | None
+) -> np.ndarray:
+    """:func:`geometry.select_component` of a mask that is empty outside ``region``, labelled
+    inside the region only (the same result, a fraction of the pixels)."""
+    rows, cols = region if region is not None else (slice(0, 0), slice(0, 0))
+    x, y = seed
+    if not (rows.start <= y < rows.stop and cols.start <= x < cols.stop):
+        return geometry.select_component(mask, seed)
+    out = np.zeros(mask.shape, dtype=bool)
+    local = (x - cols.start, y - rows.start)
+    out[rows, cols] = geometry.select_component(mask[rows, cols], local)
+    return out
+
+
 def _consistency(candidate: float, view: _View) -> float:
     """How far the extent seen when framing ``candidate`` drifts from it (lower is better)."""
     return abs(math.log(view.extent / candidate)) if view.usable else math.inf
@@ -248,10 +282,7 @@ def analyze_image(
     longer = max(image.shape)
     halves = [max(f * longer, spec.min_half_width) for f in spec.pass1_fractions]
     first = _run_views(image01, seed, halves, spec, runner, clock, flip=False)
-    proposals: list[float] = []
-    for v in sorted((v for v in first if v.usable), key=lambda v: -v.extent):
-        if all(abs(math.log(v.extent / p)) > math.log(1.1) for p in proposals):
-            proposals.append(v.extent)
+    proposals = _proposals(first, spec)
     if not proposals:
         proposals = [_fallback_extent(first, spec)]
     second = _run_views(
@@ -276,7 +307,7 @@ def analyze_image(
     # map back only around the kept crop-space component: the rest of the footprint is dropped
     region = geometry.image_box(view.component, view.matrix, image.shape)
     full = geometry.uncrop(view.prob.astype(np.float32), view.matrix, image.shape, region)
-    mask = geometry.select_component(full > spec.threshold, seed)
+    mask = _component_in(full > spec.threshold, seed, region)
     descriptor_probs = {}
     for head, classes in heads.items():
         p = _softmax(view.outputs[DESCRIPTOR_PREFIX + head]).mean(axis=0)

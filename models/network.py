@@ -58,9 +58,15 @@ class LesionNet(nn.Module):
         dropout: dropout before the heads.
         head_hidden: width of the shared head embedding.
         subunits: convolutions per residual unit, one count per level (or one for all).
+        encoder: ``residual`` (MONAI residual units, ``features`` wide) or
+            ``efficientnet-lite0`` (:class:`models.backbones.EfficientLiteEncoder`, ImageNet
+            weights; ``features`` then sets the decoder's widths, one per level below the
+            bottleneck, and the input size must be divisible by 16).
+        pretrained: load the encoder's ImageNet weights (a fresh network to train).
 
     Raises:
-        ConfigError: fewer than two levels or a head with fewer than two classes.
+        ConfigError: fewer than two levels, a head with fewer than two classes, or decoder
+            widths that do not match the encoder's levels.
     """
 
     def __init__(
@@ -75,6 +81,8 @@ class LesionNet(nn.Module):
         dropout: float = 0.2,
         head_hidden: int = 128,
         subunits: int | Sequence[int] = (1, 1, 2, 2, 2),
+        encoder: str = "residual",
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -84,23 +92,53 @@ class LesionNet(nn.Module):
             raise ConfigError(f"every descriptor head needs at least two classes: {heads}")
         self.spatial_dims = spatial_dims
         self.descriptor_classes = heads
-        self.features = tuple(features)
-        f = self.features
-        subs = (subunits,) * len(f) if isinstance(subunits, int) else tuple(subunits)
-        if len(subs) != len(f) or min(subs) < 1:
-            raise ConfigError(f"subunits needs one positive count per level, got {subunits}")
-        self.encoder = nn.ModuleList(
-            [ResidualUnit(spatial_dims, in_channels, f[0], subunits=subs[0], act=act, norm=norm)]
-            + [
-                ResidualUnit(
-                    spatial_dims, f[i - 1], f[i], strides=2, subunits=subs[i], act=act, norm=norm
+        if encoder == "residual":
+            skip = tuple(features)
+            widths = skip[:-1]
+        elif encoder == "efficientnet-lite0":
+            from models.backbones import LITE0_CHANNELS as skip
+
+            widths = tuple(features)
+            if len(widths) != len(skip) - 1:
+                raise ConfigError(
+                    f"features: {encoder} needs {len(skip) - 1} decoder widths, got {features}"
                 )
-                for i in range(1, len(f))
-            ]
-        )
+        else:
+            raise ConfigError(f"encoder must be residual or efficientnet-lite0, got {encoder!r}")
+        # each level's output width: the decoder's levels, then the bottleneck
+        self.features = f = (*widths, skip[-1])
+        subs = (subunits,) * len(skip) if isinstance(subunits, int) else tuple(subunits)
+        if len(subs) != len(skip) or min(subs) < 1:
+            raise ConfigError(f"subunits needs one positive count per level, got {subunits}")
+        if encoder == "residual":
+            self.encoder: nn.Module = nn.ModuleList(
+                [
+                    ResidualUnit(
+                        spatial_dims, in_channels, f[0], subunits=subs[0], act=act, norm=norm
+                    )
+                ]
+                + [
+                    ResidualUnit(
+                        spatial_dims,
+                        f[i - 1],
+                        f[i],
+                        strides=2,
+                        subunits=subs[i],
+                        act=act,
+                        norm=norm,
+                    )
+                    for i in range(1, len(f))
+                ]
+            )
+        else:
+            from models.backbones import EfficientLiteEncoder
+
+            self.encoder = EfficientLiteEncoder(
+                in_channels, pretrained=pretrained, act=act, norm=norm
+            )
         self.decoder = nn.ModuleList(
             [
-                _UpBlock(spatial_dims, f[i], f[i - 1], f[i - 1], subs[i - 1], act, norm)
+                _UpBlock(spatial_dims, f[i], skip[i - 1], f[i - 1], subs[i - 1], act, norm)
                 for i in range(len(f) - 1, 0, -1)
             ]
         )
@@ -115,6 +153,15 @@ class LesionNet(nn.Module):
         self.malignancy = nn.Linear(head_hidden, 1)
         self.descriptors = nn.ModuleDict({k: nn.Linear(head_hidden, n) for k, n in heads.items()})
 
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not isinstance(self.encoder, nn.ModuleList):
+            return self.encoder(x)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        return skips
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the network.
 
@@ -125,12 +172,8 @@ class LesionNet(nn.Module):
             ``{"mask": (N, out_channels, S, S) logits, "malignancy": (N,) logits,
             "desc_<head>": (N, classes) logits}``.
         """
-        skips = []
-        h = x
-        for block in self.encoder:
-            h = block(h)
-            skips.append(h)
-        bottleneck = h
+        skips = self._encode(x)
+        h = bottleneck = skips[-1]
         pooled_features = h
         for i, block in enumerate(self.decoder):
             h = block(h, skips[-2 - i])

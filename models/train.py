@@ -51,8 +51,11 @@ class TrainConfig:
         schedule: ``onecycle`` (warm-up then cosine decay), ``cosine`` or ``constant``.
         warmup_fraction: share of the steps spent warming up (onecycle).
         grad_clip: gradient-norm clip (0 disables).
-        features: channels per network level.
+        features: channels per network level (``efficientnet-lite0``: the decoder's widths,
+            one per level below the bottleneck).
         subunits: convolutions per residual unit, per level.
+        encoder: ``residual`` (trained from scratch) or ``efficientnet-lite0`` (ImageNet
+            weights; crop sizes divisible by 16), see :class:`models.network.LesionNet`.
         norm: network normalisation (MONAI spec).
         dropout: dropout before the heads.
         spec: crop geometry and two-pass inference settings (travels with the weights).
@@ -91,6 +94,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     features: tuple[int, ...] = (16, 32, 64, 128, 192)
     subunits: tuple[int, ...] = (1, 1, 2, 2, 2)
+    encoder: Literal["residual", "efficientnet-lite0"] = "residual"
     norm: str = "batch"
     dropout: float = 0.2
     spec: RoiSpec = field(default_factory=RoiSpec)
@@ -126,8 +130,11 @@ class TrainConfig:
             )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.spec.crop_size % (2 ** (len(self.features) - 1)):
-            raise ConfigError("crop_size must be divisible by 2 ** (levels - 1)")
+        levels = len(self.features) + (self.encoder != "residual")
+        if self.spec.crop_size % (2 ** (levels - 1)):
+            raise ConfigError(
+                f"crop_size must be divisible by {2 ** (levels - 1)} ({levels} levels)"
+            )
 
 
 @dataclass
@@ -166,12 +173,19 @@ class Prediction:
     half_width: float
 
 
-def build_model(config: TrainConfig, heads: Mapping[str, Sequence[str]] | None = None) -> LesionNet:
+def build_model(
+    config: TrainConfig,
+    heads: Mapping[str, Sequence[str]] | None = None,
+    *,
+    pretrained: bool = False,
+) -> LesionNet:
     """A fresh network for a configuration (descriptor heads default to the schema's).
 
     Args:
         config: the training configuration.
         heads: descriptor head vocabularies.
+        pretrained: start a pretrained encoder from its ImageNet weights (a network about to
+            be trained from scratch; one about to receive trained weights needs none).
 
     Returns:
         the network, with ``roi_spec`` and ``head_vocabularies`` attached for prediction/export.
@@ -186,6 +200,8 @@ def build_model(config: TrainConfig, heads: Mapping[str, Sequence[str]] | None =
         norm=config.norm,
         dropout=config.dropout,
         subunits=config.subunits,
+        encoder=config.encoder,
+        pretrained=pretrained,
     )
     model.roi_spec = config.spec
     model.head_vocabularies = {k: tuple(v) for k, v in vocab.items()}
@@ -565,7 +581,7 @@ def train_model(
     start = time.perf_counter()
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    model = build_model(config)
+    model = build_model(config, pretrained=init_state is None)
     if init_state is not None:
         load_state_numpy(model, init_state)
     heads = tuple(model.descriptor_classes)
