@@ -128,3 +128,22 @@ def test_console_inference_does_not_import_torch(exported, tmp_path: Path) -> No
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["torch"] is False
     assert np.isfinite(result["logit"])
+
+
+def test_a_lite0_network_exports_and_matches_pytorch(tmp_path: Path) -> None:
+    config = TrainConfig(
+        encoder="efficientnet-lite0",
+        features=(16, 24, 32, 64),
+        subunits=(1, 1, 1, 1, 1),
+        spec=RoiSpec(crop_size=64),
+    )
+    torch.manual_seed(0)
+    model = build_model(config, pretrained=True).eval()
+    path = export_onnx(model, tmp_path / "lite0.onnx")
+    assert path.stat().st_size < 10e6  # the console's limit
+    x = torch.rand(3, config.spec.in_channels, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    got = OnnxLesionModel(path).run(x.numpy())
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value.numpy(), atol=2e-4, rtol=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -208,3 +209,39 @@ def test_uncrop_limited_to_a_region_matches_the_full_uncrop_there() -> None:
     assert (xy[:, 0] >= cols.start).all() and (xy[:, 0] < cols.stop).all()
     assert (xy[:, 1] >= rows.start).all() and (xy[:, 1] < rows.stop).all()
     assert geometry.image_box(np.zeros((32, 32), bool), mat, (70, 90)) is None
+
+
+def test_the_component_labelled_inside_its_region_is_the_whole_image_one() -> None:
+    from models.inference import _component_in
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):  # blobs confined to a box; seeds inside, outside and off every blob
+        mask = np.zeros((70, 90), bool)
+        top, left = int(rng.integers(0, 30)), int(rng.integers(0, 40))
+        rows, cols = slice(top, top + 35), slice(left, left + 45)
+        mask[rows, cols] = ndimage.gaussian_filter(rng.random((35, 45)), 2.0) > 0.5
+        seed = (int(rng.integers(90)), int(rng.integers(70)))
+        expected = geometry.select_component(mask, seed)
+        assert np.array_equal(_component_in(mask, seed, (rows, cols)), expected)
+
+
+def test_one_pass2_proposal_frames_the_best_framed_first_pass_view() -> None:
+    from models.inference import _proposals, _View
+
+    def view(half: float, extent: float) -> _View:
+        return _View(
+            half, np.eye(2, 3), np.zeros((4, 4)), {}, np.zeros((4, 4), bool), extent, False
+        )
+
+    first = [view(10.0, 9.0), view(20.0, 11.0), view(40.0, 14.0)]  # ratios 0.9, 0.55, 0.35
+    every = RoiSpec()
+    assert _proposals(first, every) == [14.0, 11.0, 9.0]  # every distinct one, largest first
+    one = RoiSpec(pass2_proposals=1)  # target ratio 1 / context_factor = 0.5
+    assert _proposals(first, one) == [11.0]
+    assert _proposals(first, RoiSpec(pass2_proposals=2)) == [11.0, 14.0]
+    assert RoiSpec.from_json(one.to_json()) == one
+    old = json.loads(every.to_json())
+    del old["pass2_proposals"]  # a bundle exported before the setting existed
+    assert RoiSpec.from_json(json.dumps(old)) == every
+    with pytest.raises(ConfigError):
+        RoiSpec(pass2_proposals=-1)
