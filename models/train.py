@@ -92,9 +92,9 @@ class TrainConfig:
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = 0.15
     grad_clip: float = 5.0
-    features: tuple[int, ...] = (16, 32, 64, 128, 192)
-    subunits: tuple[int, ...] = (1, 1, 2, 2, 2)
-    encoder: Literal["residual", "efficientnet-lite0"] = "residual"
+    features: tuple[int, ...] = (16, 24, 32, 64)
+    subunits: tuple[int, ...] = (1, 1, 1, 1, 1)
+    encoder: Literal["residual", "efficientnet-lite0"] = "efficientnet-lite0"
     norm: str = "batch"
     dropout: float = 0.2
     spec: RoiSpec = field(default_factory=RoiSpec)
@@ -131,6 +131,8 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         levels = len(self.features) + (self.encoder != "residual")
+        if len(self.subunits) != levels:
+            raise ConfigError(f"subunits needs one count per level ({levels}), got {self.subunits}")
         if self.spec.crop_size % (2 ** (levels - 1)):
             raise ConfigError(
                 f"crop_size must be divisible by {2 ** (levels - 1)} ({levels} levels)"

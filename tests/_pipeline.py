@@ -37,6 +37,7 @@ def tiny_config(**overrides):
     values = dict(
         epochs=1,
         batch_size=8,
+        encoder="residual",
         features=(8, 16, 16, 32, 32),
         subunits=(1, 1, 1, 1, 1),
         spec=RoiSpec(crop_size=48, flip_tta=False, refine_passes=0),

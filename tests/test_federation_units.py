@@ -76,7 +76,7 @@ def test_train_recipe_round_trips_and_reads_a_nested_params_block(tmp_path: Path
     assert decode_train_config(encode_train_config(recipe)) == recipe
     params = tmp_path / "params.yaml"
     params.write_text(
-        "train:\n  features: [8, 16, 16, 32, 32]\n  subunits: [1, 1, 1, 1, 1]\n"
+        "train:\n  encoder: residual\n  features: [8, 16, 16, 32, 32]\n  subunits: [1, 1, 1, 1, 1]\n"
         "  spec: {crop_size: 48, flip_tta: false, refine_passes: 0}\n"
     )
     loaded = train_config_from_params(params)

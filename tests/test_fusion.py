@@ -132,6 +132,7 @@ def test_round_trip_through_json_and_bad_metadata() -> None:
 
 def test_fused_logits_agree_between_onnx_and_pytorch(tmp_path) -> None:
     config = TrainConfig(
+        encoder="residual",
         features=(8, 16, 32, 64),
         subunits=(1, 1, 1, 1),
         spec=RoiSpec(crop_size=48, pass1_fractions=(0.15, 0.3, 0.5)),

@@ -23,6 +23,7 @@ from models.train import TrainConfig, build_model, predict
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = TrainConfig(
+    encoder="residual",
     features=(8, 16, 32, 64),
     subunits=(1, 1, 1, 1),
     spec=RoiSpec(crop_size=48, pass1_fractions=(0.15, 0.3, 0.5)),
