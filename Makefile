@@ -31,6 +31,7 @@ demo: setup ## the main job end to end, on the synthetic phantom
 bench: setup ## benchmarks (JSON and markdown under bench/results); the model and federation ones need real data and take long
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.registry --data $(DATA) --out bench/results
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.release --out bench/results
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.recipes --data $(DATA) --out bench/results
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.model --data $(DATA) --out bench/results
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.federation --data $(DATA) --out bench/results
 
