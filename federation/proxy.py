@@ -69,6 +69,7 @@ http {
 
     upstream superlink {
         server 127.0.0.1:$upstream_port;
+        keepalive 16;  # reuse TLS connections to the SuperLink (one per request otherwise)
     }
 
     server {
