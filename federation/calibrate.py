@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict
 
-from data_registry.images import write_atomic
+from data_registry.files import write_atomic
 from federation import protocol
 from federation.client import NodeSettings, _site, _site_record
 from federation.config import FederationConfig

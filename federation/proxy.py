@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_registry.images import write_atomic
+from data_registry.files import write_atomic
 from federation.deployment import (
     CLIENT_CHECK_PATH,
     Pki,

@@ -28,6 +28,7 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from data_registry.files import write_atomic
 from federation.audit import AuditingGrid
 from federation.calibrate import run_calibration
 from federation.checkpoint import CheckpointStore
@@ -166,9 +167,7 @@ def _wait_for_sites(grid: Grid, plan: ServerPlan) -> int:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
