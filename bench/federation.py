@@ -138,7 +138,7 @@ def aggregate_once(n: int, strategy: str) -> dict[str, Any]:
     from federation.config import FederationConfig
     from federation.screening import Update, screen_updates
     from federation.strategy import build_strategy
-    from federation.task import RecordArrays, exchanged_state, to_record
+    from federation.task import RecordArrays, exchanged_state, layout_of, pack
     from models.train import TrainConfig, build_model
 
     torch.set_num_threads(1)
@@ -155,7 +155,7 @@ def aggregate_once(n: int, strategy: str) -> dict[str, Any]:
         }
         content = RecordDict(
             {
-                protocol.ARRAYS: to_record(arrays),
+                protocol.ARRAYS: pack(arrays),
                 protocol.METRICS: MetricRecord(
                     {k: 1.0 for k in protocol.TRAIN_METRIC_KEYS} | {protocol.WEIGHT: 100}
                 ),
@@ -164,10 +164,13 @@ def aggregate_once(n: int, strategy: str) -> dict[str, Any]:
         )
         replies.append(Message(content=content, reply_to=request))
     config = FederationConfig(strategy=strategy, min_clients=2, num_malicious=max(1, n // 10))
-    vendor = build_strategy(config, num_sites=n)
-    reference = to_record(base)
+    layout = layout_of(base)
+    vendor = build_strategy(config, num_sites=n, layout=layout)
+    reference = pack(base)
     updates = [
-        Update(m.metadata.src_node_id, f"s{i}", RecordArrays(m.content[protocol.ARRAYS]), 100.0)
+        Update(
+            m.metadata.src_node_id, f"s{i}", RecordArrays(m.content[protocol.ARRAYS], layout), 100.0
+        )
         for i, m in enumerate(replies)
     ]
     vendor.expect(1, reference, range(1, n + 1))

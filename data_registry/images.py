@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,14 +22,6 @@ MIN_SIDE = 16
 MAX_SIDE = 4096
 _COLOUR_TOLERANCE = 8  # grey stored as colour differs between channels by compression noise only
 _COLOUR_FRACTION = 0.01  # share of pixels allowed to be coloured (caliper marks, annotations)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -131,41 +121,6 @@ def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # speckle barely compresses
     return buffer.getvalue()
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new one.
-
-    With ``durable=False`` the file is not flushed to disk one by one; a caller writing many files
-    calls :func:`os.sync` once before its commit point instead.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def seed_point(mask: np.ndarray) -> tuple[int, int]:

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from data_registry import eligibility
 from data_registry.exceptions import RegistryStateError
 from data_registry.exclusion import Exclusion
+from data_registry.files import write_atomic
 from data_registry.hashing import connected_groups, copy_probes, near_pairs
-from data_registry.images import write_atomic
 from data_registry.importers.base import SourceCase
 from data_registry.intake import Admitted, Quarantined, admit
 from data_registry.registry import (

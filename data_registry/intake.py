@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from data_registry.exceptions import ImageError
+from data_registry.files import sha256_file
 from data_registry.hashing import copy_probes, perceptual_hash
 from data_registry.images import (
     encode_png,
@@ -20,7 +21,6 @@ from data_registry.images import (
     read_mask,
     seed_point,
     sha256_bytes,
-    sha256_file,
 )
 from data_registry.importers.base import SourceCase
 from data_registry.schema import Case, Pathology

@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_registry._phantom_render import LesionLook, ScannerProfile, render, sample_look
+from data_registry.files import write_atomic
 from data_registry.schema import (
     BiRads,
     Descriptors,
@@ -500,13 +500,6 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path, format="PNG")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary sibling, then rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8", newline="")
-    os.replace(temporary, path)
-
-
 def _case_row(
     case_id: str,
     patient_id: str,
@@ -595,7 +588,7 @@ def generate_site(
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomically(site_dir / "cases.csv", buffer.getvalue())
+    write_atomic(site_dir / "cases.csv", buffer.getvalue().encode("utf-8"), durable=False)
     return site_dir
 
 
@@ -656,5 +649,6 @@ def generate_sites(
         "site_profiles": {site_name(i): profile_for_site(i).name for i in range(sites)},
         "profiles": {name: asdict(p) for name, p in SCANNER_PROFILES.items()},
     }
-    _write_atomically(out / "phantom.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest_text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    write_atomic(out / "phantom.json", manifest_text.encode("utf-8"), durable=False)
     return dirs

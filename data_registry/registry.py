@@ -29,7 +29,8 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from data_registry.exceptions import RegistryStateError, SettingsError
-from data_registry.images import read_grey, write_atomic
+from data_registry.files import write_atomic
+from data_registry.images import read_grey
 from data_registry.schema import Case, SiteId
 
 SCHEMA_VERSION = 1

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from data_registry import eligibility
 from data_registry.exceptions import SourceError, TestSetIntegrityError
 from data_registry.exclusion import Exclusion, patient_token
+from data_registry.files import sha256_file, write_atomic
 from data_registry.hashing import copy_poses
-from data_registry.images import read_grey, sha256_file, write_atomic
+from data_registry.images import read_grey
 from data_registry.importers import get_importer
 from data_registry.ingest import _Item, decide
 from data_registry.intake import Admitted, admit

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_registry.images import write_atomic
+from data_registry.files import write_atomic
 from federation.exceptions import AppApprovalError
 
 __all__ = [

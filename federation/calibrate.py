@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict
 
-from data_registry.images import write_atomic
+from data_registry.files import write_atomic
 from federation import protocol
 from federation.client import NodeSettings, _site, _site_record
 from federation.config import FederationConfig
@@ -35,9 +35,11 @@ from federation.exceptions import FederationRunError
 from federation.task import (
     decode_train_config,
     encode_train_config,
-    from_record,
+    exchanged_state,
+    layout_of,
     load_exchanged,
-    to_record,
+    pack,
+    unpack,
 )
 from models.calibration import LogitBins
 from models.exceptions import CalibrationError
@@ -124,7 +126,7 @@ def calibrate_reply(msg: Message, context: Context, settings: NodeSettings) -> M
     recipe = decode_train_config(str(config["train-config"]))
     torch.set_num_threads(settings.num_threads)
     model = build_model(recipe)
-    load_exchanged(model, from_record(msg.content[protocol.ARRAYS]))
+    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
     model.eval()
     bins = protocol.bins_from_config(config)
     stats = validation_statistics(site.val, predict(model, site.val), bins)
@@ -255,7 +257,7 @@ def run_calibration(
     """
     bins = bins_of(config)
     request = calibration_request(config, recipe)
-    record = to_record(arrays)
+    record = pack(arrays, layout_of(exchanged_state(build_model(recipe))))
     skipped = set(skip_nodes)
     nodes = sorted(set(grid.get_node_ids()) - skipped)
     messages = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from data_registry.files import write_atomic
 from federation.exceptions import CheckpointError
 
 __all__ = ["Checkpoint", "CheckpointStore"]
@@ -44,15 +44,6 @@ class Checkpoint:
     arrays: dict[str, np.ndarray]
     history: list[dict[str, Any]]
     fingerprint: dict[str, Any]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointStore:
@@ -88,7 +79,7 @@ class CheckpointStore:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
         data = buffer.getvalue()
-        _write_atomic(weights, data)
+        write_atomic(weights, data)
         meta = {
             "round": round_,
             "weights": weights.name,
@@ -97,8 +88,8 @@ class CheckpointStore:
             "history": history,
             "fingerprint": dict(fingerprint),
         }
-        _write_atomic(stem.with_suffix(".json"), json.dumps(meta, default=str).encode())
-        _write_atomic(self.directory / "LATEST", f"{round_}\n".encode())
+        write_atomic(stem.with_suffix(".json"), json.dumps(meta, default=str).encode())
+        write_atomic(self.directory / "LATEST", f"{round_}\n".encode())
         self._prune(round_)
         return weights
 

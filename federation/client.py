@@ -32,9 +32,10 @@ from federation.site import SiteData, load_site, site_seed
 from federation.task import (
     decode_train_config,
     exchanged_state,
-    from_record,
+    layout_of,
     load_exchanged,
-    to_record,
+    pack,
+    unpack,
 )
 from models import metrics
 from models.data import LesionSample
@@ -136,11 +137,23 @@ def local_validation(model: LesionNet, val: Sequence[LesionSample]) -> dict[str,
 
 OPTIMIZER_STATE = "local-optimizer"
 """Key of the hospital's AdamW moments in its ``context.state`` (kept across rounds, never sent)."""
+OPTIMIZER_LAYOUT = "local-optimizer-layout"
+"""Key of their names and shapes (the moments are kept packed, like the exchanged weights)."""
 
 
 def _kept_moments(context: Context) -> dict[str, np.ndarray]:
     record = context.state.array_records.get(OPTIMIZER_STATE)
-    return from_record(record) if record is not None else {}
+    layout = context.state.config_records.get(OPTIMIZER_LAYOUT)
+    if record is None or layout is None:
+        return {}
+    shapes = {str(k): tuple(v) for k, v in json.loads(str(layout["layout"]))}
+    return unpack(record, shapes)
+
+
+def _keep_moments(context: Context, moments: dict[str, np.ndarray]) -> None:
+    context.state[OPTIMIZER_STATE] = pack(moments)
+    layout = [[k, list(shape)] for k, shape in layout_of(moments).items()]
+    context.state[OPTIMIZER_LAYOUT] = ConfigRecord({"layout": json.dumps(layout)})
 
 
 def _steps_taken(moments: dict[str, np.ndarray] | None) -> float:
@@ -186,8 +199,8 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
         seed=site_seed(site.site_id, int(config.get("seed", 0))),
     )
     torch.set_num_threads(settings.num_threads)
-    global_arrays = from_record(msg.content[protocol.ARRAYS])
     model = build_model(local)
+    global_arrays = unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model)))
     load_exchanged(model, global_arrays)
     fault = settings.fault
     samples = fault.flip(site.train) if fault else site.train
@@ -210,7 +223,7 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
         optimizer_state=moments,
     )
     if moments is not None:
-        context.state[OPTIMIZER_STATE] = to_record(moments)
+        _keep_moments(context, moments)
     validation = local_validation(model, site.val)
     arrays = exchanged_state(model)
     if fault:
@@ -230,7 +243,7 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
     )
     content = RecordDict(
         {
-            protocol.ARRAYS: to_record(arrays),
+            protocol.ARRAYS: pack(arrays),
             protocol.METRICS: metric_record,
             protocol.SITE: _site_record(settings, site),
         }
@@ -245,7 +258,7 @@ def evaluate_reply(msg: Message, context: Context, settings: NodeSettings) -> Me
     recipe = decode_train_config(str(config["train-config"]))
     torch.set_num_threads(settings.num_threads)
     model = build_model(recipe)
-    load_exchanged(model, from_record(msg.content[protocol.ARRAYS]))
+    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
     model.eval()
     validation = local_validation(model, site.val)
     metric_record = MetricRecord({protocol.WEIGHT: len(site.val), **validation})

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_registry.images import write_atomic
+from data_registry.files import write_atomic
 from federation.deployment import (
     CLIENT_CHECK_PATH,
     Pki,
@@ -69,6 +69,7 @@ http {
 
     upstream superlink {
         server 127.0.0.1:$upstream_port;
+        keepalive 16;  # reuse TLS connections to the SuperLink (one per request otherwise)
     }
 
     server {

@@ -28,6 +28,7 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from data_registry.files import write_atomic
 from federation.audit import AuditingGrid
 from federation.calibrate import run_calibration
 from federation.checkpoint import CheckpointStore
@@ -37,11 +38,12 @@ from federation.exceptions import FederationConfigError, FederationRunError
 from federation.scoring import LockedScorer, metric_record_values
 from federation.strategy import build_strategy
 from federation.task import (
-    RecordArrays,
     encode_train_config,
     exchanged_state,
-    to_record,
+    layout_of,
+    pack,
     train_config_from_params,
+    unpack,
 )
 from models.bundle import WEIGHTS_FILE
 from models.packaging import load_weights
@@ -165,9 +167,7 @@ def _wait_for_sites(grid: Grid, plan: ServerPlan) -> int:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
@@ -212,14 +212,16 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         log.warning("resuming from the checkpoint of round %d", offset)
         for row in history if plan.on_round is not None else ():
             plan.on_round(row)
-    strategy = build_strategy(plan.config, num_sites=plan.num_sites, round_offset=offset)
+    layout = layout_of(exchanged_state(build_model(recipe)))  # the hospitals' order
+    strategy = build_strategy(plan.config, num_sites=plan.num_sites, layout=layout,
+                              round_offset=offset)  # fmt: skip
 
     def evaluate_fn(server_round: int, record) -> MetricRecord:
         actual = server_round + offset
         done = {row["round"]: row for row in history}
         if actual in done:  # the resumed starting point was scored before the crash
             return MetricRecord(metric_record_values(done[actual]))
-        current = dict(RecordArrays(record).items())
+        current = unpack(record, layout)
         row: dict[str, Any] = {"round": actual, **scorer(current)}
         info = strategy.records.get(actual)
         row.update(info.to_dict() if info else {"sites": [], "dropped": [], "failed": []})
@@ -240,7 +242,7 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         round_config = _round_config(plan, recipe, since)
         strategy.start(
             grid=audited,
-            initial_arrays=to_record(arrays),
+            initial_arrays=pack(arrays, layout),
             num_rounds=remaining,
             timeout=plan.config.round_timeout,
             train_config=round_config,

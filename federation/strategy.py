@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import (
 from federation import protocol
 from federation.config import FederationConfig
 from federation.screening import Update, screen_updates
-from federation.task import RecordArrays, from_record
+from federation.task import Layout, RecordArrays, packed_problem, unpack
 
 __all__ = ["RoundRecord", "build_strategy", "schedule_span"]
 
@@ -76,11 +76,13 @@ def _shorten(reason: str, head: int = 120, tail: int = 300) -> str:
     return text if len(text) <= head + tail else f"{text[:head]} … {text[-tail:]}"
 
 
-def _malformed(message: Message) -> str | None:
+def _malformed(message: Message, layout: Layout) -> str | None:
     """Why a train reply does not follow :mod:`federation.protocol` (None when it does)."""
     content = message.content
     if set(content.array_records) != {protocol.ARRAYS}:
         return f"array records {sorted(content.array_records)}, expected ['{protocol.ARRAYS}']"
+    if problem := packed_problem(content[protocol.ARRAYS], layout):
+        return problem
     if set(content.metric_records) != {protocol.METRICS}:
         return f"metric records {sorted(content.metric_records)}, expected ['{protocol.METRICS}']"
     keys = set(content[protocol.METRICS].keys())
@@ -107,8 +109,9 @@ def schedule_span(config: FederationConfig, server_round: int) -> tuple[float, f
 class _Screened:
     """Mixin placed before a Flower strategy class (see the module docstring)."""
 
-    def _setup(self, config: FederationConfig, round_offset: int) -> None:
+    def _setup(self, config: FederationConfig, round_offset: int, layout: Layout) -> None:
         self.config = config
+        self.layout = dict(layout)
         self.round_offset = round_offset
         self.records: dict[int, RoundRecord] = {}
         self._reference: dict[int, ArrayRecord] = {}
@@ -151,7 +154,7 @@ class _Screened:
                 reason = _shorten(message.error.reason)
                 record.failed.append({"node_id": node, "site": site, "reason": reason})
                 log.warning("round %d: %s (node %d) failed: %s", actual, site, node, reason)
-            elif problem := _malformed(message):
+            elif problem := _malformed(message, self.layout):
                 node = message.metadata.src_node_id
                 dropped = {"node_id": node, "site": _site_of(message), "reason": "structure",
                            "detail": problem, "norm": None}  # fmt: skip
@@ -168,10 +171,10 @@ class _Screened:
             record.failed.append({"node_id": node, "site": site, "reason": reason})
             log.warning("round %d: %s (node %d): %s", actual, site, node, reason)
         ok.sort(key=lambda m: (_site_of(m), m.metadata.src_node_id))
-        reference = from_record(self._reference.pop(actual))
+        reference = unpack(self._reference.pop(actual), self.layout)
         updates = []
         for m in ok:
-            arrays = RecordArrays(m.content[protocol.ARRAYS])
+            arrays = RecordArrays(m.content[protocol.ARRAYS], self.layout)
             weight = float(m.content[protocol.METRICS].get(protocol.WEIGHT, float("nan")))
             updates.append(
                 Update(m.metadata.src_node_id, _site_of(m), arrays, weight, arrays.shapes())
@@ -236,12 +239,16 @@ _CLASSES: dict[str, type[Strategy]] = {
 }
 
 
-def build_strategy(config: FederationConfig, *, num_sites: int, round_offset: int = 0) -> Strategy:
+def build_strategy(
+    config: FederationConfig, *, num_sites: int, layout: Layout, round_offset: int = 0
+) -> Strategy:
     """The configured strategy, wrapped with screening and round records.
 
     Args:
         config: the federation settings (strategy name, minimum clients, robustness knobs).
         num_sites: hospitals expected to connect (each round samples all of them).
+        layout: the exchanged tensors' names and shapes (:func:`federation.task.layout_of`);
+            the weights travel packed (:func:`federation.task.pack`).
         round_offset: rounds already done (a resumed run).
 
     Returns:
@@ -267,5 +274,5 @@ def build_strategy(config: FederationConfig, *, num_sites: int, round_offset: in
     if config.strategy == "multikrum":
         common["num_nodes_to_select"] = max(1, num_sites - config.num_malicious)
     strategy = cls(**common)
-    strategy._setup(config, round_offset)
+    strategy._setup(config, round_offset, layout)
     return strategy

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from data_registry.files import write_atomic
 from models.exceptions import ModelError
 
 FORMAT_VERSION = 1
@@ -106,8 +107,5 @@ def _check_listed(bundle: Path, metadata: BundleMetadata) -> None:
 
 
 def write_metadata(bundle: Path, metadata: BundleMetadata) -> Path:
-    path = Path(bundle) / METADATA_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    payload = json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"
+    return write_atomic(Path(bundle) / METADATA_FILE, payload.encode())

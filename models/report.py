@@ -6,7 +6,8 @@
   base64 PNG): ROC curves pooled and per site, a reliability diagram, metrics pooled, per site
   and per scanner, the modes' operating points and descriptor agreement.
 
-Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so
+Every file is written atomically (:func:`data_registry.files.write_atomic`: a temporary file in
+the same folder, then ``os.replace``), so
 a reader never sees half a report.
 """
 
@@ -16,7 +17,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data_registry.files import write_atomic
 from data_registry.schema import BiRads, Descriptors, Pseudonym, SeedPoint
 from models import metrics
 from models.calibration import Mode, OperatingPoints
@@ -171,11 +172,11 @@ def write_lesion_report(
     folder.mkdir(parents=True, exist_ok=True)
     overlay = _png_bytes(_overlay(pixels, lesion, point))
     paths = {
-        "mask": _write(folder / MASK_PNG, _png_bytes(lesion.astype(np.uint8) * 255)),
-        "overlay": _write(folder / OVERLAY_PNG, overlay),
-        "json": _write(folder / REPORT_JSON, report.model_dump_json(indent=2).encode()),
+        "mask": write_atomic(folder / MASK_PNG, _png_bytes(lesion.astype(np.uint8) * 255)),
+        "overlay": write_atomic(folder / OVERLAY_PNG, overlay),
+        "json": write_atomic(folder / REPORT_JSON, report.model_dump_json(indent=2).encode()),
     }
-    paths["html"] = _write(folder / REPORT_HTML, _lesion_html(report, overlay).encode())
+    paths["html"] = write_atomic(folder / REPORT_HTML, _lesion_html(report, overlay).encode())
     return paths
 
 
@@ -226,7 +227,7 @@ def write_evaluation_report(path: str | os.PathLike[str], evaluation: Mapping[st
         sections.append(_section("Descriptor agreement", _agreement_table(ev.descriptor_agreement)))
     body = "".join(sections)
     title = f"{ev.title} — model {ev.model_version}"
-    return _write(Path(path), _page(title, body).encode())
+    return write_atomic(Path(path), _page(title, body).encode())
 
 
 # --- lesion report helpers -------------------------------------------------------------------
@@ -485,19 +486,3 @@ def _png_bytes(picture: Image.Image | NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -26,10 +26,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from data_registry.files import fsync_dir, remove_tree, write_atomic
 from models.bundle import BundleMetadata, load_metadata, write_metadata
 from models.exceptions import ModelError
 from release import semver
-from release._files import fsync_dir, remove_tree, write_atomic
 from release.exceptions import GateError, GateReportError, PackagingError, VersionError
 from release.gate_report import GateReport, load_report, summary_text
 from release.layout import (

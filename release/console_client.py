@@ -36,10 +36,10 @@ from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
+from data_registry.files import write_atomic
 from release import semver
 from release._faults import crashpoint
 from release._fetch import METADATA_DEADLINE_S, TARGET_DEADLINE_S, DeadlineFetcher
-from release._files import write_atomic
 from release.exceptions import (
     ConsoleBusyError,
     ConsoleError,

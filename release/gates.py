@@ -36,12 +36,12 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from data_registry import LockedTestSet, TestSetIntegrityError
+from data_registry.files import write_atomic
 from models import evaluation, metrics
 from models.analysis import LesionAnalyser
 from models.calibration import Mode, OperatingPoints
 from models.exceptions import ModelError
 from models.samples import samples_from_testset
-from release._files import write_atomic
 from release.exceptions import GateError
 from release.gate_report import GateReport, GateResult, ModelRef, summary_text
 from release.layout import model_dir_of

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
-from release._files import write_atomic
+from data_registry.files import write_atomic
 from release.exceptions import KeyStoreError
 
 Kind = Literal["offline", "online"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from data_registry.files import sha256_file, write_atomic
 from models.bundle import INTENDED_USE, BundleMetadata, load_metadata
 from models.exceptions import ModelError
-from release._files import sha256_file, write_atomic
 from release.exceptions import ReleaseIntegrityError
 from release.layout import MODEL_DIR, PRODUCT, RELEASE_MANIFEST
 

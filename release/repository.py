@@ -45,8 +45,8 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
+from data_registry.files import fsync_dir, write_atomic
 from release import semver
-from release._files import fsync_dir, write_atomic
 from release.exceptions import KeyStoreError, RepositoryStateError, VersionError
 from release.keys import KeyStore, check_apart
 from release.layout import archive_name

@@ -26,12 +26,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_registry.exceptions import ImageError
+from data_registry.files import write_atomic
 from data_registry.images import encode_png, read_grey, seed_point
 from models.analysis import LesionAnalyser
 from models.calibration import BIRADS_BANDS, Mode, OperatingPoints, birads_for
 from models.exceptions import ModelError
 from models.metrics import dice
-from release._files import write_atomic
 from release.exceptions import PackagingError, SelfTestError
 from release.layout import MODEL_DIR, SELFTEST_CASES, SELFTEST_DIR
 

@@ -37,9 +37,9 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from data_registry.files import fsync_dir, remove_tree, write_atomic
 from release import semver
 from release._faults import crashpoint
-from release._files import fsync_dir, remove_tree, write_atomic
 from release.exceptions import (
     ConsoleBusyError,
     IncompatibleReleaseError,

@@ -354,7 +354,8 @@ def register_vendor(commands: argparse._SubParsersAction) -> None:
                       help="address the proxy listens on for hospitals and the vendor "
                       "(default 127.0.0.1: this machine only; 0.0.0.0: every interface)")  # fmt: skip
     link.add_argument("--port", type=int, default=9093,
-                      help="the proxy's port, the one hospitals and the vendor connect to")  # fmt: skip
+                      help="the proxy's port on --host, the one hospitals and the vendor "
+                      "connect to (default 9093)")  # fmt: skip
     link.add_argument("--superlink-port", type=int, default=0,
                       help="the SuperLink's own port on 127.0.0.1 (default: a free one)")  # fmt: skip
     link.add_argument("--proxy-dir", type=Path,
@@ -436,7 +437,9 @@ def register_hospital(commands: argparse._SubParsersAction) -> None:
     join.add_argument("--key", type=Path, default=Path("keys/supernode.key"), help="private key")
     join.add_argument("--ca", type=Path, default=Path("ca.crt"), help="the vendor's CA certificate")
     join.add_argument("--site-id", help="name reported to the vendor (default: registry's)")
-    join.add_argument("--port", type=int, default=9094, help="local port of this SuperNode")
+    join.add_argument("--port", type=int, default=9094,
+                      help="this SuperNode's local port on 127.0.0.1, where the hospital's "
+                      "executor connects (default 9094; one per SuperNode on a host)")  # fmt: skip
     join.add_argument("--max-retries", type=int, help="give up after this many attempts")
     join.add_argument("--approved-apps", type=Path, default=Path("approved-apps.json"),
                       help="the app bundles this SuperNode may run (`approve-app`)")  # fmt: skip

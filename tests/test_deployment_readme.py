@@ -75,13 +75,9 @@ def test_the_readme_deployment_from_pki_to_a_console_update(tiny_world, tmp_path
     vendor.mkdir()
     params = vendor / "params.yaml"
     release_block = yaml.safe_load((REPO / "params.yaml").read_text())["release"]
-    gates = TEST_PROTOCOL.model_dump(mode="json")
-    gates["first_release"] = {"auc_floor": 0.5, "subgroup_auc_floor": 0.0}
-    gates.update(min_sensitivity_high_sensitivity=0.0, min_specificity_high_specificity=0.0,
-                 ece_ceiling=1.0)  # fmt: skip
     params.write_text(yaml.safe_dump({
-        "federate": {"rounds": 2, "local_epochs": 1, "min_clients": 3},
-        "gates": gates, "release": release_block,
+        "federate": {"rounds": 2, "local_epochs": 1, "min_clients": 3, "fraction_evaluate": 0.0},
+        "gates": TEST_PROTOCOL.model_dump(mode="json"), "release": release_block,
     }))  # fmt: skip
     _run(env, "vendor", "pki", "init", "--out", str(pki), "--host", "superlink.example.org")
     try:

@@ -19,7 +19,7 @@ from federation.checkpoint import CheckpointStore
 from federation.config import FederationConfig, RunPaths, SiteSpec
 from federation.server import AUDIT_FILE, ServerPlan
 from federation.simulation import run_federation
-from federation.task import exchanged_state
+from federation.task import exchanged_state, layout_of, packed_shapes
 from tests._pipeline import tiny_config
 
 ROUNDS = 2
@@ -77,7 +77,7 @@ def test_nothing_case_level_leaves_a_hospital(clean_run, tiny_world) -> None:
     and the registry version used: no images, masks, case or patient ids, per-case values."""
     from models.train import build_model
 
-    expected = {k: list(v.shape) for k, v in exchanged_state(build_model(tiny_config())).items()}
+    expected = packed_shapes(layout_of(exchanged_state(build_model(tiny_config()))))
     identifiers: set[str] = set()
     for path in tiny_world.registries:
         for entry in Registry(path).entries:

@@ -36,8 +36,11 @@ from federation.task import (
     decode_train_config,
     encode_train_config,
     exchanged_state,
-    to_record,
+    layout_of,
+    pack,
+    packed_shapes,
     train_config_from_params,
+    unpack,
 )
 from tests._pipeline import tiny_config
 
@@ -191,7 +194,7 @@ def task_identity():
 def _reply(request: Message, site: str, arrays: dict[str, np.ndarray], n: int) -> Message:
     content = RecordDict(
         {
-            protocol.ARRAYS: to_record(arrays),
+            protocol.ARRAYS: pack(arrays),
             protocol.METRICS: MetricRecord(
                 {k: 1.0 for k in protocol.TRAIN_METRIC_KEYS} | {protocol.WEIGHT: n}
             ),
@@ -208,11 +211,10 @@ def test_every_strategy_screens_then_aggregates_and_records(name: str, task_iden
     config = FederationConfig(
         strategy=name, min_clients=2, num_malicious=0 if name == "bulyan" else 1
     )
-    strategy = build_strategy(config, num_sites=6, round_offset=4)
+    layout = layout_of(reference)
+    strategy = build_strategy(config, num_sites=6, layout=layout, round_offset=4)
     requests = list(
-        strategy.configure_train(
-            1, to_record(reference), ConfigRecord(), _NodesOnly(list(range(1, 7)))
-        )
+        strategy.configure_train(1, pack(reference), ConfigRecord(), _NodesOnly(list(range(1, 7))))
     )
     assert all(m.content["config"]["server-round"] == 5 for m in requests)
     honest = [
@@ -227,7 +229,7 @@ def test_every_strategy_screens_then_aggregates_and_records(name: str, task_iden
     replies.append(odd)
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
-    merged = {k: v.numpy() for k, v in arrays.items()}
+    merged = unpack(arrays, layout)
     for key, value in merged.items():
         stack = np.stack([h[key] for h in honest])
         assert np.all(value >= stack.min(0) - 1e-5) and np.all(value <= stack.max(0) + 1e-5)
@@ -245,9 +247,10 @@ def test_every_strategy_screens_then_aggregates_and_records(name: str, task_iden
 def test_too_few_usable_updates_keep_the_global_model(task_identity) -> None:
     rng = np.random.default_rng(3)
     reference = _weights(rng)
-    strategy = build_strategy(FederationConfig(min_clients=3), num_sites=3)
+    strategy = build_strategy(FederationConfig(min_clients=3), num_sites=3,
+                              layout=layout_of(reference))  # fmt: skip
     requests = list(
-        strategy.configure_train(1, to_record(reference), ConfigRecord(), _NodesOnly([1, 2, 3]))
+        strategy.configure_train(1, pack(reference), ConfigRecord(), _NodesOnly([1, 2, 3]))
     )
     replies = [_reply(requests[0], "a", reference, 5), _reply(requests[1], "b", reference, 5)]
     assert strategy.aggregate_train(1, replies) == (None, None)
@@ -434,7 +437,7 @@ def test_audit_describes_structure_not_values(task_identity) -> None:
     )
     reply = _reply(request, "site-a", {"w": np.ones((2, 2), np.float32)}, 4)
     entry = describe(reply)
-    assert entry["arrays"] == {"arrays": {"w": {"shape": [2, 2], "dtype": "float32"}}}
+    assert entry["arrays"] == {"arrays": {"weights": {"shape": [4], "dtype": "float32"}}}
     assert entry["configs"]["site"]["site-id"] == "site-a"
     assert json.dumps(entry)
 
@@ -466,8 +469,9 @@ def test_each_round_runs_its_share_of_the_cycle_schedule(task_identity) -> None:
 
     config = FederationConfig(rounds=4, lr_schedule="onecycle")
     assert [schedule_span(config, r) for r in (1, 4)] == [(0.0, 0.25), (0.75, 1.0)]
-    strategy = build_strategy(config, num_sites=2, round_offset=2)  # resumed after round 2
-    arrays = to_record({"w": np.ones(2, np.float32)})
+    weights = {"w": np.ones(2, np.float32)}
+    strategy = build_strategy(config, num_sites=2, layout=layout_of(weights), round_offset=2)
+    arrays = pack(weights)  # resumed after round 2
     for server_round, expected in ((1, (0.5, 0.75)), (2, (0.75, 1.0))):
         (message, _) = strategy.configure_train(
             server_round, arrays, ConfigRecord({"lr": 0.002}), _NodesOnly([1, 2])
@@ -557,7 +561,6 @@ def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_
         malformed_calibration,
     )
     from federation.client import NodeSettings
-    from federation.task import to_record
 
     arrays, recipe = _calibration_world(tiny_world)
     config = FederationConfig(val_fraction=0.3)
@@ -565,7 +568,7 @@ def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_
     request = Message(
         content=RecordDict(
             {
-                protocol.ARRAYS: to_record(arrays),
+                protocol.ARRAYS: pack(arrays),
                 protocol.CONFIG: calibration_request(config, recipe),
             }
         ),
@@ -588,7 +591,7 @@ def test_calibration_replies_hold_only_allow_listed_aggregates(tiny_world, task_
     from federation.audit import audit_violations, describe
 
     allowed = {k: list(v) for k, v in protocol.calibration_array_shapes(bins).items()}
-    weights = {k: list(v.shape) for k, v in arrays.items()}
+    weights = packed_shapes(layout_of(arrays))
     honest_reply = calibrate_reply(request, None, NodeSettings(registry))
     check = [describe(honest_reply), describe(leaky)]
     problems = audit_violations(check, weight_shapes=weights, calibration_shapes=allowed)
