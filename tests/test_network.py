@@ -88,6 +88,11 @@ def test_configs_saved_by_older_bundles_still_load() -> None:
     saved["operating_margin"] = 0.03  # thresholds used to be chosen with a fixed margin
     config = config_from_dict(json.loads(json.dumps(saved)))
     assert config == TrainConfig(epochs=7)
+    residual = dataclasses.asdict(
+        TrainConfig(encoder="residual", features=(8, 16, 32, 64, 96), subunits=(1, 1, 2, 2, 2))
+    )
+    del residual["encoder"]  # saved before the encoder choice existed: always the residual one
+    assert config_from_dict(json.loads(json.dumps(residual))).encoder == "residual"
 
 
 def test_descriptor_vocabularies_follow_the_schema() -> None:
