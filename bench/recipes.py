@@ -15,7 +15,6 @@ Writes ``<out>/recipes.json`` and ``<out>/recipes.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -29,7 +28,11 @@ import numpy as np
 from bench.model import prepare
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "residual": {},  # the code's TrainConfig defaults (the shipped real-data recipe)
+    "residual": {  # the real-data recipe before Lite0: a MONAI residual U-Net from scratch
+        "encoder": "residual",
+        "features": (16, 32, 64, 128, 192),
+        "subunits": (1, 1, 2, 2, 2),
+    },
     "lite0": {
         "encoder": "efficientnet-lite0",
         "features": (16, 24, 32, 64),
@@ -47,13 +50,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def recipe_config(name: str, epochs: int, threads: int):
     """The :class:`models.train.TrainConfig` of a named recipe."""
-    from models.geometry import RoiSpec
-    from models.train import TrainConfig
+    from models.central import load_train_config
 
-    change = dict(RECIPES[name])
-    if "spec" in change:
-        change["spec"] = RoiSpec(**{**dataclasses.asdict(RoiSpec()), **change["spec"]})
-    return TrainConfig(**change, epochs=epochs, num_threads=threads, patience=epochs)
+    return load_train_config(
+        None, **RECIPES[name], epochs=epochs, num_threads=threads, patience=epochs
+    )
 
 
 def _onnx_cost(config) -> dict[str, float]:

@@ -22,24 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict
 
 from data_registry.files import write_atomic
 from federation import protocol
-from federation.client import NodeSettings, _site, _site_record
+from federation.client import NodeSettings, _site, _site_record, received_model
 from federation.config import FederationConfig
 from federation.exceptions import FederationRunError
 from federation.task import (
-    decode_train_config,
     encode_train_config,
     exchanged_state,
     layout_of,
-    load_exchanged,
     pack,
-    unpack,
 )
 from models.calibration import LogitBins
 from models.exceptions import CalibrationError
@@ -123,11 +119,7 @@ def calibrate_reply(msg: Message, context: Context, settings: NodeSettings) -> M
     """
     config = msg.content[protocol.CONFIG]
     site = _site(settings, config)
-    recipe = decode_train_config(str(config["train-config"]))
-    torch.set_num_threads(settings.num_threads)
-    model = build_model(recipe)
-    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
-    model.eval()
+    model = received_model(msg, settings)
     bins = protocol.bins_from_config(config)
     stats = validation_statistics(site.val, predict(model, site.val), bins)
     epsilon = float(config.get("dp-epsilon", 0.0))

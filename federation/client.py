@@ -251,15 +251,20 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
     return Message(content=content, reply_to=msg)
 
 
+def received_model(msg: Message, settings: NodeSettings) -> LesionNet:
+    """The network a vendor message carries (its recipe and packed weights), in eval mode."""
+    recipe = decode_train_config(str(msg.content[protocol.CONFIG]["train-config"]))
+    torch.set_num_threads(settings.num_threads)
+    model = build_model(recipe)
+    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
+    return model.eval()
+
+
 def evaluate_reply(msg: Message, context: Context, settings: NodeSettings) -> Message:
     """Validate the received global model on this hospital's local validation cases."""
     config = msg.content[protocol.CONFIG]
     site = _site(settings, config)
-    recipe = decode_train_config(str(config["train-config"]))
-    torch.set_num_threads(settings.num_threads)
-    model = build_model(recipe)
-    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
-    model.eval()
+    model = received_model(msg, settings)
     validation = local_validation(model, site.val)
     metric_record = MetricRecord({protocol.WEIGHT: len(site.val), **validation})
     content = RecordDict(
