@@ -6,12 +6,13 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_registry import eligibility
+from data_registry.clock import utc_now
 from data_registry.exceptions import RegistryStateError
 from data_registry.exclusion import Exclusion
 from data_registry.files import write_atomic
@@ -202,7 +203,7 @@ def ingest(
     """
     check_site_id(site_id)
     registry_dir = Path(registry_dir)
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     with IngestLock(registry_dir):
         previous = Registry(registry_dir) if Registry.exists(registry_dir) else None
         if previous is not None and previous.site_id != site_id:

@@ -15,13 +15,14 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from data_registry import eligibility
+from data_registry.clock import utc_now
 from data_registry.exceptions import SourceError, TestSetIntegrityError
 from data_registry.exclusion import Exclusion, patient_token
 from data_registry.files import sha256_file, write_atomic
@@ -124,7 +125,7 @@ def lock_testset(
     out = Path(out)
     if (out / "SEAL").exists():
         raise FileExistsError(f"{out}: already holds a locked test set; choose another --out")
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = utc_now()
     rng = np.random.default_rng(seed)
     records, exclusion_hashes, exclusion_phash, patients = [], set(), [], set()
     poses: list[str] = []

@@ -121,7 +121,7 @@ def calibrate_reply(msg: Message, context: Context, settings: NodeSettings) -> M
     site = _site(settings, config)
     model = received_model(msg, settings)
     bins = protocol.bins_from_config(config)
-    stats = validation_statistics(site.val, predict(model, site.val), bins)
+    stats = validation_statistics(site.val, predict(model, site.val, engine="onnx"), bins)
     epsilon = float(config.get("dp-epsilon", 0.0))
     if epsilon > 0:  # fresh, unpredictable noise every time (never seeded from the data)
         stats = add_laplace_noise(stats, epsilon, np.random.default_rng(secrets.randbits(128)))

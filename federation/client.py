@@ -124,7 +124,7 @@ def local_validation(model: LesionNet, val: Sequence[LesionSample]) -> dict[str,
     """AUC and mean Dice of ``model`` on the local validation cases (two-pass prediction)."""
     if not val:
         return {"val-auc": float("nan"), "val-dice": float("nan")}
-    predictions = predict(model, val)
+    predictions = predict(model, val, engine="onnx")
     y = np.array([s.label for s in val])
     logits = np.array([p.malignancy_logit for p in predictions])
     auc = float("nan")
@@ -224,7 +224,8 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
     )
     if moments is not None:
         _keep_moments(context, moments)
-    validation = local_validation(model, site.val)
+    validate = bool(config.get("local-validation", True))
+    validation = local_validation(model, site.val if validate else ())
     arrays = exchanged_state(model)
     if fault:
         arrays = fault.corrupt(arrays)

@@ -44,6 +44,7 @@ ROUND_CONFIG_KEYS = frozenset(
         "since",
         "rehearsal-size",
         "keep-optimizer",
+        "local-validation",
         "val-fraction",
         "seed",
         "cycle",

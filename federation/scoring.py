@@ -80,7 +80,7 @@ class LockedScorer:
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         model = model_from_arrays(self.recipe, arrays)
-        predictions = predict(model, self.samples)
+        predictions = predict(model, self.samples, engine="onnx")
         y = np.array([s.label for s in self.samples])
         logits = np.array([p.malignancy_logit for p in predictions], dtype=np.float64)
         if not np.isfinite(logits).all():

@@ -136,6 +136,9 @@ class _Screened:
         start, end = schedule_span(self.config, actual)
         config["lr-schedule"] = self.config.lr_schedule
         config["progress-start"], config["progress-end"] = start, end
+        # the hospitals' own validation (two-pass, a third of a round's time) is wanted once:
+        # every round is scored on the vendor's locked set already
+        config["local-validation"] = actual >= self.config.rounds
         messages = list(super().configure_train(actual, arrays, config, grid))
         self.expect(server_round, arrays, (m.metadata.dst_node_id for m in messages))
         return messages

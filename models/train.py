@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -670,8 +672,9 @@ def predict(
     spec: RoiSpec | None = None,
     heads: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
+    engine: Literal["torch", "onnx"] = "torch",
 ) -> list[Prediction]:
-    """Two-pass prediction (see :mod:`models.inference`) with the PyTorch network.
+    """Two-pass prediction (see :mod:`models.inference`) with the network.
 
     Args:
         model: the network.
@@ -679,15 +682,35 @@ def predict(
         spec: ROI spec (defaults to the one :func:`build_model` attached).
         heads: descriptor vocabularies (defaults likewise).
         progress: show a tqdm bar.
+        engine: ``torch`` (eager) or ``onnx``: export once and run onnxruntime, the console's
+            runtime (parity within 2e-4), about twice as fast on the small batches of the
+            two-pass analysis; worth its export (~2 s) from a few dozen lesions on.
 
     Returns:
         one prediction per sample, mask in image coordinates.
     """
+    model.eval()
+    if engine == "onnx" and samples:
+        from models.export import export_onnx
+        from models.inference import OnnxLesionModel
+
+        with tempfile.TemporaryDirectory(prefix="sonofed-predict-") as tmp:
+            path = export_onnx(model, Path(tmp) / "network.onnx", spec=spec, heads=heads)
+            session = OnnxLesionModel(path, num_threads=torch.get_num_threads())
+            return _predict_with(session.run, samples, session.spec, session.heads, progress)
     spec = spec or getattr(model, "roi_spec", None) or RoiSpec()
     vocab = heads or getattr(model, "head_vocabularies", None) or HEAD_VOCABULARIES
     vocab = {k: v for k, v in vocab.items() if k in model.descriptor_classes}
-    model.eval()
-    runner = torch_runner(model)
+    return _predict_with(torch_runner(model), samples, spec, vocab, progress)
+
+
+def _predict_with(
+    runner: Callable[[np.ndarray], dict[str, np.ndarray]],
+    samples: Sequence[LesionSample],
+    spec: RoiSpec,
+    vocab: Mapping[str, Sequence[str]],
+    progress: bool,
+) -> list[Prediction]:
     out = []
     for s in tqdm(samples, desc="predict", disable=not progress):
         res: LesionOutput = analyze_image(s.image, s.seed, spec, runner, vocab)

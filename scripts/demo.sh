@@ -16,6 +16,9 @@ CONSOLE="$RUNS/console"
 CONSOLE_ID=demo-console # rollout bucket 19: inside the 25 % staged rollout of 1.1.0
 SITES=(site-a site-b site-c)
 START=$SECONDS
+# registry versions and the locked set carry this time instead of the clock's, so two fresh clones
+# seal the same set (reproducible-builds convention; data_registry/clock.py)
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1767225600)}"
 
 step() {
   local t=$((SECONDS - START))
