@@ -257,6 +257,21 @@ def test_too_few_usable_updates_keep_the_global_model(task_identity) -> None:
     assert strategy.records[1].aggregated is False
 
 
+def test_hospitals_validate_locally_in_the_last_round_only(task_identity) -> None:
+    reference = _weights(np.random.default_rng(3))
+    strategy = build_strategy(FederationConfig(rounds=3), num_sites=2, layout=layout_of(reference))
+    asked = {
+        r: {
+            bool(m.content["config"]["local-validation"])
+            for m in strategy.configure_train(
+                r, pack(reference), ConfigRecord(), _NodesOnly([1, 2])
+            )
+        }
+        for r in (1, 2, 3)
+    }
+    assert asked == {1: {False}, 2: {False}, 3: {True}}
+
+
 def test_metric_aggregation_skips_nan_and_sums_counts() -> None:
     records = [
         RecordDict(

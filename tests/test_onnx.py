@@ -81,6 +81,22 @@ def test_onnx_analysis_matches_pytorch_prediction(exported) -> None:
         assert {"preprocess", "network", "postprocess", "total"} <= set(out.timings)
 
 
+def test_prediction_on_onnxruntime_matches_eager_prediction(exported) -> None:
+    model, _ = exported
+    samples = synthetic_lesions(3, seed=5, size=(90, 120))
+    eager = predict(model, samples)
+    onnx = predict(model, samples, engine="onnx")
+    for e, o in zip(eager, onnx, strict=True):
+        assert o.case_id == e.case_id
+        assert abs(o.malignancy_logit - e.malignancy_logit) <= 1e-4
+        assert (o.mask != e.mask).mean() <= 1e-3
+        assert o.descriptor_probs["shape"]["oval"] == pytest.approx(
+            e.descriptor_probs["shape"]["oval"], abs=1e-4
+        )
+    assert model.training is False
+    assert predict(model, [], engine="onnx") == []
+
+
 def test_bad_inputs_raise(exported, tmp_path: Path) -> None:
     _, path = exported
     onnx_model = OnnxLesionModel(path)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from data_registry import LockedTestSet, Registry, SourceSpec, TestSetIntegrityError, lock_testset
+from data_registry.exceptions import SourceError
 from data_registry.exclusion import Exclusion
 from data_registry.importers import get_importer
 from data_registry.ingest import ingest
@@ -46,6 +47,18 @@ def test_lock_is_patient_disjoint_stratified_and_verifies(source, tmp_path):
     assert 0.15 < len(labels) / len(source.rows) < 0.35
     _lock(source, tmp_path / "again")  # the same seed takes the same cases
     assert json.loads((tmp_path / "again" / "manifest.json").read_text())["cases"] == locked.cases
+
+
+def test_source_date_epoch_makes_the_seal_reproducible(source, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    first = _lock(source, tmp_path / "first")
+    second = _lock(source, tmp_path / "second")
+    assert first["manifest_hash"] == second["manifest_hash"]
+    manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert manifest["created"] == "2026-01-01T00:00:00+00:00"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(SourceError, match="SOURCE_DATE_EPOCH='yesterday': expected whole seconds"):
+        _lock(source, tmp_path / "bad")
 
 
 def test_tampering_is_detected_byte_label_membership(source, tmp_path):
