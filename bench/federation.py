@@ -67,7 +67,7 @@ def _auc(model, samples) -> dict[str, Any]:
     from models import metrics
     from models.train import predict
 
-    predictions = predict(model, samples)
+    predictions = predict(model, samples, engine="onnx")
     y = np.array([s.label for s in samples])
     logits = np.array([p.malignancy_logit for p in predictions])
     auc = metrics.auc_with_ci(y, logits, n_bootstrap=500)
