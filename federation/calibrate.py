@@ -33,13 +33,12 @@ from federation.config import FederationConfig
 from federation.exceptions import FederationRunError
 from federation.task import (
     encode_train_config,
-    exchanged_state,
-    layout_of,
     pack,
+    recipe_layout,
 )
 from models.calibration import LogitBins
 from models.exceptions import CalibrationError
-from models.train import TrainConfig, build_model, predict
+from models.train import TrainConfig, predict
 from models.validation_stats import (
     DESCRIPTORS,
     SOURCES,
@@ -249,7 +248,7 @@ def run_calibration(
     """
     bins = bins_of(config)
     request = calibration_request(config, recipe)
-    record = pack(arrays, layout_of(exchanged_state(build_model(recipe))))
+    record = pack(arrays, recipe_layout(recipe))
     skipped = set(skip_nodes)
     nodes = sorted(set(grid.get_node_ids()) - skipped)
     messages = [

@@ -33,7 +33,7 @@ from federation.task import (
     decode_train_config,
     exchanged_state,
     layout_of,
-    load_exchanged,
+    load_packed,
     pack,
     unpack,
 )
@@ -200,8 +200,7 @@ def train_reply(msg: Message, context: Context, settings: NodeSettings) -> Messa
     )
     torch.set_num_threads(settings.num_threads)
     model = build_model(local)
-    global_arrays = unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model)))
-    load_exchanged(model, global_arrays)
+    global_arrays = load_packed(model, msg.content[protocol.ARRAYS])
     fault = settings.fault
     samples = fault.flip(site.train) if fault else site.train
     if fault:
@@ -257,7 +256,7 @@ def received_model(msg: Message, settings: NodeSettings) -> LesionNet:
     recipe = decode_train_config(str(msg.content[protocol.CONFIG]["train-config"]))
     torch.set_num_threads(settings.num_threads)
     model = build_model(recipe)
-    load_exchanged(model, unpack(msg.content[protocol.ARRAYS], layout_of(exchanged_state(model))))
+    load_packed(model, msg.content[protocol.ARRAYS])
     return model.eval()
 
 

@@ -40,8 +40,8 @@ from federation.strategy import build_strategy
 from federation.task import (
     encode_train_config,
     exchanged_state,
-    layout_of,
     pack,
+    recipe_layout,
     train_config_from_params,
     unpack,
 )
@@ -212,7 +212,7 @@ def run_server(grid: Grid, plan: ServerPlan) -> ServerOutcome:
         log.warning("resuming from the checkpoint of round %d", offset)
         for row in history if plan.on_round is not None else ():
             plan.on_round(row)
-    layout = layout_of(exchanged_state(build_model(recipe)))  # the hospitals' order
+    layout = recipe_layout(recipe)  # the hospitals' order
     strategy = build_strategy(plan.config, num_sites=plan.num_sites, layout=layout,
                               round_offset=offset)  # fmt: skip
 

@@ -85,6 +85,18 @@ def layout_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(np.shape(v)) for k, v in arrays.items()}
 
 
+def recipe_layout(recipe: TrainConfig) -> dict[str, tuple[int, ...]]:
+    """The exchanged tensors of ``recipe``'s network, in the order both sides pack them."""
+    return layout_of(exchanged_state(build_model(recipe)))
+
+
+def load_packed(model: LesionNet, record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Load packed exchanged weights (:func:`pack`) into ``model`` and return them unpacked."""
+    arrays = unpack(record, layout_of(exchanged_state(model)))
+    load_exchanged(model, arrays)
+    return arrays
+
+
 def _size(layout: Layout) -> int:
     return sum(math.prod(shape) for shape in layout.values())
 
