@@ -114,15 +114,27 @@ def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]
     return weights / weights.sum()
 
 
+_BLOCK = 64
+"""Output rows per block of the banded filter product."""
+
+
 def _correlate_rows(values: NDArray[np.float64], weights: NDArray) -> NDArray[np.float64]:
-    """Correlate along axis 0 (contiguous row slices), reflect mode."""
+    """Correlate along axis 0 with a symmetric kernel, reflect mode, as blocked products.
+
+    Every block of output rows reads the block's rows plus ``radius`` on each side of the
+    padded input (scipy's ``reflect`` is numpy's ``symmetric``), through one small banded
+    matrix shared by all blocks: BLAS work proportional to the kernel, not to the image.
+    """
     radius = len(weights) // 2
-    padded = np.pad(values, [(radius, radius), (0, 0)], mode="symmetric")  # scipy's "reflect"
-    n = values.shape[0]
-    out = weights[radius] * padded[radius : radius + n]
-    for i in range(radius):  # symmetric kernel: pair the taps
-        out += weights[i] * (padded[i : i + n] + padded[2 * radius - i : 2 * radius - i + n])
-    return out
+    n, m = values.shape
+    blocks = -(-n // _BLOCK)
+    padded = np.pad(values, [(radius, radius + blocks * _BLOCK - n), (0, 0)], mode="symmetric")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (_BLOCK + 2 * radius, m))
+    band = np.zeros((_BLOCK, _BLOCK + 2 * radius))
+    for i in range(_BLOCK):
+        band[i, i : i + 2 * radius + 1] = weights
+    out = np.matmul(band, windows[::_BLOCK, 0])
+    return out.reshape(blocks * _BLOCK, m)[:n]
 
 
 def gaussian_filter(image: NDArray, sigma: float) -> NDArray[np.float64]:
@@ -151,14 +163,17 @@ def square_dilate(mask: NDArray, k: int) -> NDArray[np.bool_]:
     if k <= 0:
         return out.copy()
     for axis in (0, 1):
+        # window sums from a cumulative sum padded with k zeros before and k copies of the
+        # total after: window i is padded[i + 2k + 1] - padded[i], two shifted views
         n = out.shape[axis]
         counts = np.cumsum(out, axis=axis, dtype=np.int32)
-        counts = np.concatenate([np.zeros_like(np.take(counts, [0], axis=axis)), counts], axis)
-        idx = np.arange(n)
-        hi = np.minimum(idx + k, n - 1) + 1
-        lo = np.maximum(idx - k, 0)
-        out = (np.take(counts, hi, axis=axis) - np.take(counts, lo, axis=axis)) > 0
-    return out
+        moved = np.moveaxis(counts, axis, 0)
+        padded = np.empty((n + 2 * k + 1, *moved.shape[1:]), dtype=np.int32)
+        padded[: k + 1] = 0
+        padded[k + 1 : k + 1 + n] = moved
+        padded[k + 1 + n :] = moved[-1]
+        out = np.moveaxis(padded[2 * k + 1 :] > padded[:n], 0, axis)
+    return np.ascontiguousarray(out)
 
 
 def max_chessboard_depth(mask: NDArray, limit: int | None = None) -> int:

@@ -19,6 +19,9 @@ keeping the synthetic phantom's ground truth well recovered and the values physi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -178,22 +181,56 @@ class LesionDescriptors(Descriptors):
     posterior_features: PosteriorFeatures
 
 
-def lesion_features(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> dict[str, float]:
+FEATURE_GROUPS: tuple[str, ...] = ("moments", "outline", "edge", "echo", "posterior", "texture")
+"""The groups :func:`lesion_features` can compute (each a :class:`_Region` method)."""
+
+TERM_GROUPS: dict[str, tuple[str, ...]] = {
+    "shape": ("moments", "outline"),
+    "orientation": ("moments",),
+    "margin": ("outline", "edge"),
+    "echo_pattern": ("echo",),
+    "posterior_features": ("posterior",),
+}
+"""The feature groups each lexicon term's rule reads."""
+
+
+def lesion_features(
+    image: NDArray[np.uint8],
+    mask: NDArray[np.bool_],
+    groups: Collection[str] = FEATURE_GROUPS,
+) -> dict[str, float]:
     """Shape, margin, intensity, posterior and texture features of one lesion.
 
     Args:
         image: 2-D greyscale B-mode image (uint8; other integer or float types in 0..255 work).
         mask: 2-D lesion mask of the same shape (non-zero = lesion).
+        groups: the :data:`FEATURE_GROUPS` to compute (default: all of them).
 
     Returns:
-        A dict with the keys of :data:`FEATURE_NAMES`, all finite floats.
+        A dict with the keys of :data:`FEATURE_NAMES` (those of ``groups``), all finite floats.
 
     Raises:
         MaskError: the image is not 2-D, the shapes differ, or the mask is empty or too small
             to have an outline (fewer than 9 pixels).
+        KeyError: an unknown group.
     """
     region = _Region(image, mask)
-    return {**region.shape_features(), **region.intensity_features()}
+    methods: dict[str, Callable[[], dict[str, float]]] = {
+        "moments": region.moment_features,
+        "outline": region.outline_features,
+        "edge": region.edge_features,
+        "echo": region.echo_features,
+        "posterior": region.posterior_features,
+        "texture": region.texture_features,
+    }
+    features: dict[str, float] = {}
+    for group in FEATURE_GROUPS:
+        if group in groups:
+            features.update(methods[group]())
+    unknown = set(groups) - set(FEATURE_GROUPS)
+    if unknown:
+        raise KeyError(f"unknown feature group(s) {sorted(unknown)}; known: {FEATURE_GROUPS}")
+    return {name: features[name] for name in FEATURE_NAMES if name in features}
 
 
 def describe(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> LesionDescriptors:
@@ -212,6 +249,31 @@ def describe(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> LesionDescrip
     return descriptors_from_features(lesion_features(image, mask))
 
 
+def describe_terms(
+    image: NDArray[np.uint8], mask: NDArray[np.bool_], terms: Collection[str]
+) -> dict[str, Any]:
+    """Some lexicon terms of one mass, computing only the features their rules read.
+
+    The console takes some terms from the network's heads and the rest from these rules; the
+    outline alone costs about as much as the echo and posterior measures together.
+
+    Args:
+        image: 2-D greyscale B-mode image, as for :func:`lesion_features`.
+        mask: 2-D lesion mask of the same shape.
+        terms: names among :data:`TERM_GROUPS`.
+
+    Returns:
+        term → its value as in :meth:`LesionDescriptors.model_dump` (``mode="json"``).
+
+    Raises:
+        MaskError: as for :func:`lesion_features`, for the groups needed.
+        KeyError: an unknown term.
+    """
+    groups = {group for term in terms for group in TERM_GROUPS[term]}
+    features = lesion_features(image, mask, groups) if groups else {}
+    return {term: _json(_TERM_RULES[term](features)) for term in terms}
+
+
 def descriptors_from_features(features: dict[str, float]) -> LesionDescriptors:
     """The lexicon terms that the thresholds of this module assign to computed features.
 
@@ -224,17 +286,17 @@ def descriptors_from_features(features: dict[str, float]) -> LesionDescriptors:
     Raises:
         KeyError: a feature is missing.
     """
-    return LesionDescriptors(
-        shape=_shape(features),
-        orientation=(
-            Orientation.NOT_PARALLEL
-            if features["aspect"] > NOT_PARALLEL_ASPECT
-            else Orientation.PARALLEL
-        ),
-        margin=_margin(features),
-        echo_pattern=_echo_pattern(features),
-        posterior_features=_posterior(features),
-    )
+    return LesionDescriptors(**{term: rule(features) for term, rule in _TERM_RULES.items()})
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [v.value for v in value]
+    return value.value
+
+
+def _orientation(f: dict[str, float]) -> Orientation:
+    return Orientation.NOT_PARALLEL if f["aspect"] > NOT_PARALLEL_ASPECT else Orientation.PARALLEL
 
 
 def _shape(f: dict[str, float]) -> Shape:
@@ -283,8 +345,18 @@ def _posterior(f: dict[str, float]) -> PosteriorFeatures:
     return PosteriorFeatures.NONE
 
 
+_TERM_RULES: dict[str, Callable[[dict[str, float]], Any]] = {
+    "shape": _shape,
+    "orientation": _orientation,
+    "margin": _margin,
+    "echo_pattern": _echo_pattern,
+    "posterior_features": _posterior,
+}
+
+
 class _Region:
-    """The lesion's crop, outline and distance maps, shared by the feature groups."""
+    """The lesion's crop and its masks, shared by the feature groups; each group's intermediate
+    results (outline, smoothed image, boundary rings) are computed when first needed."""
 
     def __init__(self, image: NDArray, mask: NDArray) -> None:
         image = np.asarray(image)
@@ -311,27 +383,76 @@ class _Region:
             raise MaskError(
                 f"the mask's largest region has {int(self.mask.sum())} pixels; at least 9 are needed"
             )
-        self.smooth = morph.gaussian_filter(self.image, SMOOTHING_SIGMA)
         self.area = float(self.mask.sum())
         self.radius = math.sqrt(self.area / math.pi)
         rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
         self.extent = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)  # the lesion in the crop
-        self.contour = _outline(self.mask[self.box(OUTLINE_PAD)])
 
     def box(self, pad: int) -> tuple[slice, slice]:
         """The lesion's bounding box in the crop, widened by ``pad`` pixels on each side."""
         r0, r1, c0, c1 = self.extent
         return slice(max(r0 - pad, 0), r1 + pad), slice(max(c0 - pad, 0), c1 + pad)
 
-    # --- shape ------------------------------------------------------------------------------
-    def shape_features(self) -> dict[str, float]:
-        circle_turn = 2 * math.pi * CURVATURE_WINDOW / CONTOUR_POINTS
-        props = morph.region_moments(self.mask[self.box(OUTLINE_PAD)])
+    @cached_property
+    def contour(self) -> NDArray[np.float64]:
+        """The outline, traced in the lesion's padded bounding box."""
+        return _outline(self.mask[self.box(OUTLINE_PAD)])
+
+    @cached_property
+    def moments(self) -> morph.RegionMoments:
+        return morph.region_moments(self.mask[self.box(OUTLINE_PAD)])
+
+    @cached_property
+    def smooth(self) -> NDArray[np.float64]:
+        return morph.gaussian_filter(self.image, SMOOTHING_SIGMA)
+
+    @cached_property
+    def valid(self) -> NDArray[np.bool_]:
+        """Pixels inside the scan sector."""
+        return self.image > BACKGROUND_LEVEL
+
+    # chessboard distances (integers) are only ever compared with thresholds: distance <= t
+    # outside the lesion is a square dilation by floor(t), > t inside an erosion
+    def inside_beyond(self, t: float) -> NDArray[np.bool_]:
+        out = np.zeros(self.mask.shape, dtype=bool)
+        out[self.box(1)] = ~morph.square_dilate(~self.mask[self.box(1)], math.floor(t))
+        return out
+
+    def outside_within(self, t: float) -> NDArray[np.bool_]:
+        return morph.square_dilate(self.mask, math.floor(t)) & ~self.mask
+
+    @cached_property
+    def ring(self) -> float:
+        """Width of the inner and outer boundary rings (pixels)."""
+        return max(MIN_RING_PX, RING_FRACTION * self.radius)
+
+    @cached_property
+    def outer(self) -> NDArray[np.bool_]:
+        return self.outside_within(self.ring) & self.valid
+
+    @cached_property
+    def reference(self) -> float:
+        """Mean smoothed intensity of the surrounding tissue (the unit of relative measures)."""
+        surround = _mean(self.smooth, self._surround(), _mean(self.smooth, self.outer))
+        return max(surround, 1.0)
+
+    # --- the feature groups -----------------------------------------------------------------
+    def moment_features(self) -> dict[str, float]:
+        props = self.moments
         major, minor = props.axis_major_length, max(props.axis_minor_length, 1e-6)
+        return {
+            "eccentricity": float(props.eccentricity),
+            "axis_ratio": float(minor / major),
+            "aspect": math.sqrt(props.mu20 / max(props.mu02, 1e-9)),  # depth over width
+            "tilt_deg": float(abs(math.degrees(props.orientation))),
+        }
+
+    def outline_features(self) -> dict[str, float]:
+        circle_turn = 2 * math.pi * CURVATURE_WINDOW / CONTOUR_POINTS
         perimeter = _polyline_length(self.contour)
         hull_area, hull_perimeter = _hull(self.contour)
         outline = _resample(self.contour, CONTOUR_POINTS)
-        rho = _ellipse_radius(outline, props)
+        rho = _ellipse_radius(outline, self.moments)
         turning = _turning_angles(outline, CORNER_WINDOW)
         fine_turns = _turning_angles(outline, CURVATURE_WINDOW)
         spectrum = np.abs(np.fft.rfft(rho - rho.mean())) / (CONTOUR_POINTS / 2)
@@ -343,10 +464,6 @@ class _Region:
             "circularity": min(4 * math.pi * self.area / perimeter**2, 1.0),
             "convexity": min(hull_perimeter / perimeter, 1.0),
             "solidity": min(_polygon_area(self.contour) / hull_area, 1.0),
-            "eccentricity": float(props.eccentricity),
-            "axis_ratio": float(minor / major),
-            "aspect": math.sqrt(props.mu20 / max(props.mu02, 1e-9)),  # depth over width
-            "tilt_deg": float(abs(math.degrees(props.orientation))),
             "ellipse_residual": float(np.sqrt(np.mean((rho - 1.0) ** 2))),
             # mean squared turning over that of a circle: 1.0 for a circle, larger when wavy
             "curvature_energy": float(np.mean(fine_turns**2) / circle_turn**2),
@@ -357,64 +474,50 @@ class _Region:
             "spike_count": float(spikes),
         }
 
-    # --- margin, echo pattern, posterior features, texture ---------------------------------
-    def intensity_features(self) -> dict[str, float]:
-        # chessboard distances (integers) are only ever compared with thresholds: distance
-        # <= t outside the lesion is a square dilation by floor(t), > t inside an erosion
-        lesion = self.mask[self.box(1)]
-
-        def inside_beyond(t: float) -> NDArray[np.bool_]:
-            out = np.zeros(self.mask.shape, dtype=bool)
-            out[self.box(1)] = ~morph.square_dilate(~lesion, math.floor(t))
-            return out
-
-        def outside_within(t: float) -> NDArray[np.bool_]:
-            return morph.square_dilate(self.mask, math.floor(t)) & ~self.mask
-
-        ring = max(MIN_RING_PX, RING_FRACTION * self.radius)
-        valid = self.image > BACKGROUND_LEVEL
-        inner = self.mask & ~inside_beyond(ring)
-        outer = outside_within(ring) & valid
-        ref = max(
-            _mean(self.smooth, self._surround(outside_within, valid), _mean(self.smooth, outer)),
-            1.0,
-        )
-        deepest = morph.max_chessboard_depth(lesion, limit=math.ceil(2 * ring))
-        core = inside_beyond(min(ring, 0.5 * deepest))  # the interior away from the margin
-        interior = self.smooth[core]
-        sigma = max(2.0, COARSE_FRACTION * self.radius)
-        box = self.box(math.ceil(3 * sigma))
-        coarse = morph.gaussian_filter(self.image[box], sigma)[core[box]]
-        step_rings = _mean(self.smooth, outer) - _mean(self.smooth, inner)
+    def edge_features(self) -> dict[str, float]:
+        """How sharply the lesion is demarcated (the margin's intensity measures)."""
+        inner = self.mask & ~self.inside_beyond(self.ring)
+        step_rings = _mean(self.smooth, self.outer) - _mean(self.smooth, inner)
         near = self.box(OUTLINE_PAD)  # the contour's neighbourhood
-        edge_in = (self.mask & ~inside_beyond(EDGE_BAND_PX))[near]
-        edge_out = outside_within(EDGE_BAND_PX)[near] & valid[near]
+        edge_in = (self.mask & ~self.inside_beyond(EDGE_BAND_PX))[near]
+        edge_out = self.outside_within(EDGE_BAND_PX)[near] & self.valid[near]
         smooth = self.smooth[near]
         step_edge = _mean(smooth, edge_out) - _mean(smooth, edge_in)
         gradient = np.hypot(*np.gradient(smooth))
         return {
-            "boundary_gradient": _mean(gradient, edge_in | edge_out) / ref,
+            "boundary_gradient": _mean(gradient, edge_in | edge_out) / self.reference,
             "edge_sharpness": _sharpness(step_edge, step_rings),
-            "ring_contrast": step_rings / ref,
-            "interior_mean_rel": float(interior.mean() / ref),
+            "ring_contrast": step_rings / self.reference,
+        }
+
+    def echo_features(self) -> dict[str, float]:
+        """The interior's brightness and structure relative to the surrounding tissue."""
+        ref = self.reference
+        deepest = morph.max_chessboard_depth(self.mask[self.box(1)], limit=math.ceil(2 * self.ring))
+        core = self.inside_beyond(
+            min(self.ring, 0.5 * deepest)
+        )  # the interior away from the margin
+        sigma = max(2.0, COARSE_FRACTION * self.radius)
+        box = self.box(math.ceil(3 * sigma))
+        coarse = morph.gaussian_filter(self.image[box], sigma)[core[box]]
+        return {
+            "interior_mean_rel": float(self.smooth[core].mean() / ref),
             "interior_std_rel": float(self.image[core].std() / ref),
             "heterogeneity": float(coarse.std() / ref),
             "fluid_fraction": float(np.mean(coarse < FLUID_LEVEL * ref)),
             "solid_fraction": float(np.mean(coarse > SOLID_LEVEL * ref)),
-            **self._posterior(valid),
-            **self._texture(),
         }
 
-    def _surround(self, outside_within, valid: NDArray) -> NDArray[np.bool_]:
+    def _surround(self) -> NDArray[np.bool_]:
         """The band of tissue around the lesion, without the posterior region below it."""
         gap = SURROUND_GAP_FRACTION * self.radius
-        band = outside_within(gap + SURROUND_FRACTION * self.radius) & ~outside_within(gap)
-        band &= valid
+        band = self.outside_within(gap + SURROUND_FRACTION * self.radius)
+        band &= ~self.outside_within(gap) & self.valid
         _, r1, c0, c1 = self.extent
         band[r1 - 1 :, c0:c1] = False
         return band
 
-    def _posterior(self, valid: NDArray) -> dict[str, float]:
+    def posterior_features(self) -> dict[str, float]:
         r0, top, c0, c1 = self.extent
         height, width = top - r0, c1 - c0
         bottom = min(top + max(round(height * POSTERIOR_DEPTH_FRACTION), 4), self.image.shape[0])
@@ -423,6 +526,7 @@ class _Region:
         below = self.smooth[top:bottom, start : start + core]
         left = slice(max(c0 - width // 2, 0), c0)
         right = slice(c1, min(c1 + width // 2, self.image.shape[1]))
+        valid = self.valid
         beside = np.concatenate(
             [self.smooth[top:bottom, side][valid[top:bottom, side]] for side in (left, right)]
         )
@@ -437,7 +541,7 @@ class _Region:
             "posterior_max_ratio": float(max(strips)),
         }
 
-    def _texture(self) -> dict[str, float]:
+    def texture_features(self) -> dict[str, float]:
         box = self.box(1)
         levels = np.minimum(self.image[box] // (256 // GLCM_LEVELS), GLCM_LEVELS - 1)
         levels = levels.astype(np.uint8)

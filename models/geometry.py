@@ -26,6 +26,7 @@ __all__ = [
     "RoiSpec",
     "SamplingImage",
     "affine_to_theta",
+    "build_batch",
     "build_inputs",
     "chebyshev_extent",
     "crop",
@@ -372,18 +373,44 @@ def build_inputs(
         ``(inputs, matrix)``: float32 (C, S, S) scaled to [-1, 1] (seed channel in [0, 1]) and the
         base-scale crop-to-image matrix.
     """
+    inputs, matrices = build_batch(image01, seed, [(half_width, flip)], spec, center=center)
+    return inputs[0], matrices[0]
+
+
+def build_batch(
+    image01: np.ndarray | SamplingImage,
+    seed: Sequence[float],
+    views: Sequence[tuple[float, bool]],
+    spec: RoiSpec,
+    *,
+    center: Sequence[float] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`build_inputs` for several ``(half_width, flip)`` views, sampled in one pass.
+
+    Returns:
+        ``(inputs, matrices)``: float32 (N, C, S, S) and the N base-scale matrices.
+    """
     c = seed if center is None else center
     size = spec.crop_size
-    channels = []
-    base = crop_matrix(c, half_width, size, flip=flip)
-    for s in spec.scales:
-        mat = base if s == 1.0 else crop_matrix(c, half_width * s, size, flip=flip)
-        channels.append(crop(image01, mat, size) * 2.0 - 1.0)
+    sampler = image01 if isinstance(image01, SamplingImage) else SamplingImage(image01)
+    bases, grids_x, grids_y = [], [], []
+    for half_width, flip in views:
+        base = crop_matrix(c, half_width, size, flip=flip)
+        bases.append(base)
+        for s in spec.scales:
+            mat = base if s == 1.0 else crop_matrix(c, half_width * s, size, flip=flip)
+            x, y = _crop_grid(mat, size)
+            grids_x.append(x)
+            grids_y.append(y)
+    crops = sampler.sample(np.stack(grids_x), np.stack(grids_y)) * 2.0 - 1.0
+    crops = crops.reshape(len(views), len(spec.scales), size, size)
     if spec.seed_sigma > 0:
-        inv = invert_affine(base)
-        uv = inv @ np.array([seed[0], seed[1], 1.0])
-        channels.append(seed_heatmap(uv, size, spec.seed_sigma))
-    return np.stack(channels).astype(np.float32), base
+        heat = []
+        for base in bases:
+            uv = invert_affine(base) @ np.array([seed[0], seed[1], 1.0])
+            heat.append(seed_heatmap(uv, size, spec.seed_sigma))
+        crops = np.concatenate([crops, np.stack(heat)[:, None]], axis=1)
+    return crops.astype(np.float32, copy=False), bases
 
 
 def chebyshev_extent(mask: np.ndarray, seed: Sequence[float]) -> float:

@@ -254,3 +254,29 @@ def test_agreement_with_breast_radiologists(real_data: Path) -> None:
     assert result["margin:circumscribed"].kappa >= 0.4
     assert result["posterior_features"].kappa >= 0.3
     assert result["echo_pattern"].kappa >= 0.1
+
+
+def test_some_terms_compute_only_their_feature_groups() -> None:
+    mask = _ellipse(24, 40)
+    image = _scene(mask, below=200.0)
+    full = D.describe(image, mask).model_dump(mode="json")
+    every = D.lesion_features(image, mask)
+    for term in D.TERM_GROUPS:
+        assert D.describe_terms(image, mask, [term]) == {term: full[term]}
+    echo = D.lesion_features(image, mask, ["echo", "posterior"])
+    assert list(echo) == [name for name in D.FEATURE_NAMES if name in echo]
+    assert echo == {name: every[name] for name in echo}
+    assert "solidity" not in echo and "posterior_ratio" in echo
+    with pytest.raises(KeyError, match="unknown feature group"):
+        D.lesion_features(image, mask, ["colour"])
+
+
+def test_terms_that_need_no_outline_are_given_for_a_lesion_too_thin_to_trace() -> None:
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[100:140, 128] = True  # one pixel wide: no closed outline after smoothing
+    image = _scene(mask)
+    with pytest.raises(MaskError):
+        D.describe(image, mask)
+    terms = D.describe_terms(image, mask, ["orientation", "posterior_features"])
+    assert terms["orientation"] == Orientation.NOT_PARALLEL.value
+    assert terms["posterior_features"] in {p.value for p in PosteriorFeatures}

@@ -164,3 +164,15 @@ def test_a_lite0_network_exports_and_matches_pytorch(tmp_path: Path) -> None:
     got = OnnxLesionModel(path).run(x.numpy())
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value.numpy(), atol=2e-4, rtol=1e-3)
+
+
+def test_a_batch_split_across_threads_gives_the_single_thread_outputs(exported) -> None:
+    _, path = exported
+    single, split = OnnxLesionModel(path, num_threads=1), OnnxLesionModel(path, num_threads=3)
+    batch = np.random.default_rng(5).normal(size=(5, CONFIG.spec.in_channels, 48, 48))
+    for n in (1, 2, 5):  # one part, two parts, three uneven parts
+        expected, got = single.run(batch[:n]), split.run(batch[:n])
+        assert set(got) == set(expected)
+        for name, values in expected.items():
+            assert got[name].shape == values.shape
+            np.testing.assert_allclose(got[name], values, rtol=0, atol=1e-6)

@@ -245,3 +245,15 @@ def test_one_pass2_proposal_frames_the_best_framed_first_pass_view() -> None:
     assert RoiSpec.from_json(json.dumps(old)) == every
     with pytest.raises(ConfigError):
         RoiSpec(pass2_proposals=-1)
+
+
+def test_a_batch_of_views_is_sampled_as_each_view_alone(image: np.ndarray) -> None:
+    img01 = geometry.SamplingImage(image.astype(np.float32) / 255.0)
+    spec = RoiSpec(crop_size=32, scales=(1.0, 2.0, 3.0))
+    views = [(12.5, False), (12.5, True), (30.0, False), (5.0, True)]
+    batch, matrices = geometry.build_batch(img01, (50, 33), views, spec)
+    assert batch.shape == (4, spec.in_channels, 32, 32) and batch.dtype == np.float32
+    for (half, flip), inputs, matrix in zip(views, batch, matrices, strict=True):
+        alone, alone_matrix = geometry.build_inputs(img01, (50, 33), half, spec, flip=flip)
+        np.testing.assert_array_equal(inputs, alone)
+        np.testing.assert_array_equal(matrix, alone_matrix)
