@@ -38,6 +38,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "features": (16, 24, 32, 64),
         "subunits": (1, 1, 1, 1, 1),
     },
+    "lite0-ema": {  # validated and kept: an exponential moving average of the weights
+        "encoder": "efficientnet-lite0",
+        "features": (16, 24, 32, 64),
+        "subunits": (1, 1, 1, 1, 1),
+        "ema_decay": 0.99,
+    },
+    "lite0-mask2": {  # the mask loss weighted twice (the outline carries most of the signal)
+        "encoder": "efficientnet-lite0",
+        "features": (16, 24, 32, 64),
+        "subunits": (1, 1, 1, 1, 1),
+        "mask_weight": 2.0,
+    },
     "lite0-96": {
         "encoder": "efficientnet-lite0",
         "features": (16, 24, 32, 64),

@@ -5,7 +5,8 @@ scipy and scikit-image for them costs more time than the analysis itself. These 
 numpy equivalents of the few functions it needs, checked against the originals in the tests:
 
 - :func:`label` (``scipy.ndimage.label``, 4-connectivity, same numbering),
-- :func:`fill_holes` (``scipy.ndimage.binary_fill_holes``),
+- :func:`component_at` (the component of that labelling under a point, or nearest to it),
+- :func:`fill_holes` (``scipy.ndimage.binary_fill_holes``) and :func:`largest_component`,
 - :func:`gaussian_filter` (``scipy.ndimage.gaussian_filter``, ``mode="reflect"``),
 - :func:`square_dilate` and :func:`max_chessboard_depth` (thresholds and maximum of
   ``scipy.ndimage.distance_transform_cdt(metric="chessboard")``),
@@ -28,12 +29,14 @@ from numpy.typing import NDArray
 
 __all__ = [
     "RegionMoments",
+    "component_at",
     "convex_hull",
     "fill_holes",
     "find_contours",
     "gaussian_filter",
     "glcm",
     "label",
+    "largest_component",
     "max_chessboard_depth",
     "region_moments",
     "square_dilate",
@@ -51,19 +54,12 @@ def _runs(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray]:
     return rows, starts, ends
 
 
-def label(mask: NDArray) -> tuple[NDArray[np.int32], int]:
-    """Label the 4-connected components of a 2-D mask (numbered in raster order from 1).
-
-    Returns:
-        ``(labels, count)`` as ``scipy.ndimage.label`` with its default structure.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
+def _run_roots(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """The mask's runs (:func:`_runs`) and, per run, the lowest-numbered run of its 4-connected
+    component (union-find over the runs that overlap in neighbouring rows)."""
     rows, starts, ends = _runs(mask)
     n = rows.size
-    if n == 0:
-        return np.zeros((h, w), dtype=np.int32), 0
-    stride = w + 1
+    stride = mask.shape[1] + 1
     start_key = rows * stride + starts
     end_key = rows * stride + ends
     # runs of the row above that overlap each run: a contiguous index range [lo, hi)
@@ -86,6 +82,20 @@ def label(mask: NDArray) -> tuple[NDArray[np.int32], int]:
             if np.array_equal(jumped, parent):
                 break
             parent = jumped
+    return rows, starts, ends, parent
+
+
+def label(mask: NDArray) -> tuple[NDArray[np.int32], int]:
+    """Label the 4-connected components of a 2-D mask (numbered in raster order from 1).
+
+    Returns:
+        ``(labels, count)`` as ``scipy.ndimage.label`` with its default structure.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    rows, starts, ends, parent = _run_roots(mask)
+    if rows.size == 0:
+        return np.zeros((h, w), dtype=np.int32), 0
     roots, run_label = np.unique(parent, return_inverse=True)
     run_label = run_label.astype(np.float64) + 1.0
     flat = np.bincount(rows * w + starts, weights=run_label, minlength=h * w + 1)
@@ -94,17 +104,54 @@ def label(mask: NDArray) -> tuple[NDArray[np.int32], int]:
     return labels, int(roots.size)
 
 
+def component_at(mask: NDArray, point: tuple[int, int]) -> NDArray[np.bool_]:
+    """The 4-connected component of ``mask`` under ``point`` ``(x, y)``, or else the one holding
+    the mask pixel nearest to it (the first in raster order on a tie), as
+    ``label(mask) == label at that pixel``; all False for an empty mask.
+
+    Only the chosen component's pixels are written: the cost follows the lesion, not the array.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rows, starts, ends, parent = _run_roots(mask)
+    if rows.size == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    x, y = point
+    dx = np.maximum(np.maximum(starts - x, x - (ends - 1)), 0)  # to the run's nearest pixel
+    nearest = int(np.argmin((rows - y) ** 2 + dx**2))
+    return _paint_runs(mask.shape, rows, starts, ends, np.flatnonzero(parent == parent[nearest]))
+
+
+def _paint_runs(shape: tuple[int, int], rows, starts, ends, chosen) -> NDArray[np.bool_]:
+    """A mask of the ``chosen`` runs only (cost: their pixels, not the array's)."""
+    h, w = shape
+    out = np.zeros(h * w, dtype=bool)
+    lengths = ends[chosen] - starts[chosen]
+    first = rows[chosen] * w + starts[chosen]
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[np.repeat(first, lengths) + within] = True
+    return out.reshape(h, w)
+
+
 def fill_holes(mask: NDArray) -> NDArray[np.bool_]:
     """Fill the holes of a 2-D mask: background regions (4-connected) that do not reach the edge."""
     mask = np.asarray(mask, dtype=bool)
-    background, count = label(~mask)
-    if count == 0:
+    h, w = mask.shape
+    rows, starts, ends, parent = _run_roots(~mask)
+    at_edge = (rows == 0) | (rows == h - 1) | (starts == 0) | (ends == w)
+    holes = ~np.isin(parent, parent[at_edge])
+    if not holes.any():
         return mask.copy()
-    keep = np.ones(count + 1, dtype=bool)
-    keep[0] = False
-    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    keep[edges] = False
-    return mask | keep[background]
+    return mask | _paint_runs((h, w), rows, starts, ends, np.flatnonzero(holes))
+
+
+def largest_component(mask: NDArray) -> NDArray[np.bool_]:
+    """The mask's largest 4-connected component (the first in raster order on a tie)."""
+    mask = np.asarray(mask, dtype=bool)
+    rows, starts, ends, parent = _run_roots(mask)
+    if rows.size == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(parent, weights=ends - starts, minlength=rows.size)
+    return _paint_runs(mask.shape, rows, starts, ends, np.flatnonzero(parent == sizes.argmax()))
 
 
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:

@@ -214,6 +214,9 @@ def lesion_features(
             to have an outline (fewer than 9 pixels).
         KeyError: an unknown group.
     """
+    unknown = set(groups) - set(FEATURE_GROUPS)
+    if unknown:
+        raise KeyError(f"unknown feature group(s) {sorted(unknown)}; known: {FEATURE_GROUPS}")
     region = _Region(image, mask)
     methods: dict[str, Callable[[], dict[str, float]]] = {
         "moments": region.moment_features,
@@ -227,9 +230,6 @@ def lesion_features(
     for group in FEATURE_GROUPS:
         if group in groups:
             features.update(methods[group]())
-    unknown = set(groups) - set(FEATURE_GROUPS)
-    if unknown:
-        raise KeyError(f"unknown feature group(s) {sorted(unknown)}; known: {FEATURE_GROUPS}")
     return {name: features[name] for name in FEATURE_NAMES if name in features}
 
 
@@ -560,12 +560,7 @@ class _Region:
 
 
 def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    labels, count = morph.label(mask)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == sizes.argmax()
-    return morph.fill_holes(mask)  # the lesion and its holes
+    return morph.fill_holes(morph.largest_component(mask))  # the lesion and its holes
 
 
 def _outline(mask: NDArray[np.bool_]) -> NDArray[np.float64]:

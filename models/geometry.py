@@ -449,18 +449,12 @@ def select_component(mask: np.ndarray, point: Sequence[float], fill: bool = True
     Returns:
         boolean array (H, W); all False if ``mask`` is empty.
     """
-    labels, count = morph.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
     h, w = mask.shape
     px = int(np.clip(round(point[0]), 0, w - 1))
     py = int(np.clip(round(point[1]), 0, h - 1))
-    keep = labels[py, px]
-    if keep == 0:
-        ys, xs = np.nonzero(labels)
-        nearest = int(np.argmin((xs - px) ** 2 + (ys - py) ** 2))
-        keep = labels[ys[nearest], xs[nearest]]
-    out = labels == keep
+    out = morph.component_at(mask, (px, py))
+    if not out.any():
+        return out
     if fill:  # a hole cannot reach its component's bounding box edge: fill inside the box only
         rows, cols = np.nonzero(out.any(axis=1))[0], np.nonzero(out.any(axis=0))[0]
         box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)

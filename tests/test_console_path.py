@@ -39,7 +39,26 @@ def test_label_and_fill_holes_match_scipy() -> None:
         assert count == expected_count
         assert np.array_equal(labels, expected)
         assert np.array_equal(morph.fill_holes(mask), ndimage.binary_fill_holes(mask))
+        sizes = np.bincount(expected.ravel())[1:]
+        largest = expected == 1 + int(np.argmax(sizes))  # the first of equal sizes
+        assert np.array_equal(morph.largest_component(mask), largest)
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7], ring[4, 4] = True, False
+    assert morph.fill_holes(ring).all() == ring[2:7, 2:7].all() and morph.fill_holes(ring)[4, 4]
+    assert not morph.largest_component(np.zeros((4, 4), bool)).any()
     assert morph.label(np.zeros((5, 5), bool))[1] == 0
+
+
+def test_the_component_at_a_point_is_scipys_component_there_or_nearest() -> None:
+    rng = np.random.default_rng(3)
+    for mask in _blobs(4):
+        labels, _ = ndimage.label(mask)
+        ys, xs = np.nonzero(labels)
+        for x, y in rng.integers(0, (80, 60), size=(8, 2)):
+            nearest = int(np.argmin((xs - x) ** 2 + (ys - y) ** 2))  # first in raster order
+            expected = labels == labels[ys[nearest], xs[nearest]]
+            assert np.array_equal(morph.component_at(mask, (int(x), int(y))), expected)
+    assert not morph.component_at(np.zeros((5, 5), bool), (2, 2)).any()
 
 
 def test_square_dilation_and_depth_match_the_chessboard_distance() -> None:
