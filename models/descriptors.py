@@ -74,6 +74,15 @@ steps (and the jagged edges of resized masks) do not read as margin detail."""
 COARSE_FRACTION = 0.1
 """Gaussian sigma (fraction of the equivalent radius, at least 2 px) of the coarse view of the
 interior in which speckle is averaged out and only echo structure (fluid, solid parts) remains."""
+REGIONAL_RADIUS = 32.0
+"""Equivalent radius (pixels) above which the echo-pattern measures (means and coarse structure
+over rings and bands that scale with the lesion) are taken on the lesion's crop averaged over
+``ceil(radius / REGIONAL_RADIUS)``-pixel blocks, so their cost stops growing with the lesion (a
+large lesion's predicted outline has no finer detail anyway: its network crop spans ~8 image
+pixels per crop pixel). On the BrEaST radiologists' own masks (177 lesions, 118 of them larger)
+the echo pattern is unchanged for 99.4 % of lesions, kappa 0.264 -> 0.263; the posterior
+features, whose bands are thin, moved for 1.7 % (kappa 0.477 -> 0.456) and stay at full
+resolution."""
 OUTLINE_PAD = 3
 """Margin (pixels) around the lesion's bounding box in which its outline is traced."""
 EDGE_BAND_PX = 1.5
@@ -222,7 +231,7 @@ def lesion_features(
         "moments": region.moment_features,
         "outline": region.outline_features,
         "edge": region.edge_features,
-        "echo": region.echo_features,
+        "echo": lambda: region.regional.echo_features(),
         "posterior": region.posterior_features,
         "texture": region.texture_features,
     }
@@ -388,6 +397,19 @@ class _Region:
         rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
         self.extent = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)  # the lesion in the crop
 
+    @cached_property
+    def regional(self) -> _Region:
+        """This region for the regional measures: itself, or block-averaged when the lesion is
+        larger than :data:`REGIONAL_RADIUS` (the mask: blocks at least half lesion)."""
+        factor = math.ceil(self.radius / REGIONAL_RADIUS)
+        if factor <= 1:
+            return self
+        h, w = (n // factor * factor for n in self.image.shape)
+        blocks = (h // factor, factor, w // factor, factor)
+        image = self.image[:h, :w].reshape(blocks).mean(axis=(1, 3))
+        mask = self.mask[:h, :w].reshape(blocks).mean(axis=(1, 3)) >= 0.5
+        return _Region(image, mask) if mask.sum() >= 9 else self
+
     def box(self, pad: int) -> tuple[slice, slice]:
         """The lesion's bounding box in the crop, widened by ``pad`` pixels on each side."""
         r0, r1, c0, c1 = self.extent
@@ -405,6 +427,19 @@ class _Region:
     @cached_property
     def smooth(self) -> NDArray[np.float64]:
         return morph.gaussian_filter(self.image, SMOOTHING_SIGMA)
+
+    def _smoothed(self, rows: slice, cols: slice) -> NDArray[np.float64]:
+        """``smooth[rows, cols]``, filtering only that window and the kernel's reach around it
+        (the same values: inside the crop every needed tap is in the window, at its edge the
+        window reflects where the crop does)."""
+        if "smooth" in self.__dict__:
+            return self.smooth[rows, cols]
+        reach = int(4 * SMOOTHING_SIGMA + 0.5)  # the kernel radius of morph.gaussian_filter
+        h, w = self.image.shape
+        r0, r1 = max(rows.start - reach, 0), min(rows.stop + reach, h)
+        c0, c1 = max(cols.start - reach, 0), min(cols.stop + reach, w)
+        window = morph.gaussian_filter(self.image[r0:r1, c0:c1], SMOOTHING_SIGMA)
+        return window[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
 
     @cached_property
     def valid(self) -> NDArray[np.bool_]:
@@ -523,13 +558,12 @@ class _Region:
         bottom = min(top + max(round(height * POSTERIOR_DEPTH_FRACTION), 4), self.image.shape[0])
         core = max(round(width * POSTERIOR_CORE_FRACTION), POSTERIOR_STRIPS)
         start = c0 + (width - core) // 2
-        below = self.smooth[top:bottom, start : start + core]
+        band = self._smoothed(slice(top, bottom), slice(0, self.image.shape[1]))  # rows below
+        below = band[:, start : start + core]
         left = slice(max(c0 - width // 2, 0), c0)
         right = slice(c1, min(c1 + width // 2, self.image.shape[1]))
-        valid = self.valid
-        beside = np.concatenate(
-            [self.smooth[top:bottom, side][valid[top:bottom, side]] for side in (left, right)]
-        )
+        valid = self.valid[top:bottom]
+        beside = np.concatenate([band[:, side][valid[:, side]] for side in (left, right)])
         if below.size == 0 or beside.size < POSTERIOR_STRIPS:
             neutral = {"posterior_ratio": 1.0, "posterior_min_ratio": 1.0}
             return {**neutral, "posterior_max_ratio": 1.0}

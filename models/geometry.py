@@ -233,6 +233,27 @@ class SamplingImage:
         out += np.take(self.flat, np.minimum(base + stride + 1, last), axis=1) * (wx * wy)
         return out[0] if self.squeeze else out
 
+    def sample_grid(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """:meth:`sample` at every ``(x[j], y[i])`` of an axis-aligned grid, shape (len(y), len(x)).
+
+        The weights and indices are worked out once per column and once per row instead of once
+        per sample (a crop's 4096 samples from 64 + 64 coordinates).
+        """
+        x = np.clip(np.asarray(x, dtype=np.float64), -1.0, self.w)
+        y = np.clip(np.asarray(y, dtype=np.float64), -1.0, self.h)
+        x0, y0 = np.floor(x), np.floor(y)
+        wx = (x - x0).astype(np.float32)
+        wy = (y - y0).astype(np.float32)[:, None]
+        cols = x0.astype(np.int64) + 1  # padded coordinates
+        rows = y0.astype(np.int64) + 1
+        right = np.minimum(cols + 1, self.w + 1)
+        below = np.minimum(rows + 1, self.h + 1)
+        padded = self.flat.reshape(self.channels, self.h + 2, self.w + 2)
+        top, bottom = padded[:, rows], padded[:, below]
+        out = (top[:, :, cols] * (1.0 - wx) + top[:, :, right] * wx) * (1.0 - wy)
+        out += (bottom[:, :, cols] * (1.0 - wx) + bottom[:, :, right] * wx) * wy
+        return out[0] if self.squeeze else out
+
 
 def sample_bilinear(image: np.ndarray | SamplingImage, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear sampling with zero padding (``grid_sample`` semantics, ``align_corners=False``).
@@ -309,6 +330,13 @@ def uncrop(
     if x_lo >= x_hi or y_lo >= y_hi:
         return out
     inv = invert_affine(matrix)
+    if inv[0, 1] == 0.0 and inv[1, 0] == 0.0:  # axis-aligned (every inference crop): separable
+        u = inv[0, 0] * np.arange(x_lo, x_hi, dtype=np.float64) + inv[0, 2]
+        v = inv[1, 1] * np.arange(y_lo, y_hi, dtype=np.float64) + inv[1, 2]
+        vals = _interpolation(v, size) @ crop_map.astype(np.float64) @ _interpolation(u, size).T
+        inside = ((v >= -0.5) & (v < size - 0.5))[:, None] & ((u >= -0.5) & (u < size - 0.5))
+        out[y_lo:y_hi, x_lo:x_hi] = np.where(inside, vals, 0.0)
+        return out
     xs, ys = np.meshgrid(np.arange(x_lo, x_hi, dtype=np.float64), np.arange(y_lo, y_hi))
     u = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     v = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
@@ -316,6 +344,19 @@ def uncrop(
     vals = sample_bilinear(crop_map, np.clip(u, 0, size - 1), np.clip(v, 0, size - 1))
     out[y_lo:y_hi, x_lo:x_hi] = np.where(inside, vals, 0.0)
     return out
+
+
+def _interpolation(coords: np.ndarray, size: int) -> np.ndarray:
+    """Linear-interpolation weights (len(coords), size) at ``coords`` clamped to the samples."""
+    clamped = np.clip(coords, 0, size - 1)
+    low = np.floor(clamped).astype(np.int64)
+    frac = clamped - low
+    weights = np.zeros((coords.size, size))
+    rows = np.arange(coords.size)
+    weights[rows, low] = 1.0 - frac
+    high = low + 1 < size
+    weights[rows[high], low[high] + 1] = frac[high]
+    return weights
 
 
 def image_box(
@@ -393,16 +434,16 @@ def build_batch(
     c = seed if center is None else center
     size = spec.crop_size
     sampler = image01 if isinstance(image01, SamplingImage) else SamplingImage(image01)
-    bases, grids_x, grids_y = [], [], []
+    bases, channels = [], []
+    idx = np.arange(size, dtype=np.float64)
     for half_width, flip in views:
         base = crop_matrix(c, half_width, size, flip=flip)
         bases.append(base)
-        for s in spec.scales:
+        for s in spec.scales:  # unrotated crops: x follows the column, y the row
             mat = base if s == 1.0 else crop_matrix(c, half_width * s, size, flip=flip)
-            x, y = _crop_grid(mat, size)
-            grids_x.append(x)
-            grids_y.append(y)
-    crops = sampler.sample(np.stack(grids_x), np.stack(grids_y)) * 2.0 - 1.0
+            x, y = mat[0, 0] * idx + mat[0, 2], mat[1, 1] * idx + mat[1, 2]
+            channels.append(sampler.sample_grid(x, y))
+    crops = np.stack(channels) * 2.0 - 1.0
     crops = crops.reshape(len(views), len(spec.scales), size, size)
     if spec.seed_sigma > 0:
         heat = []

@@ -280,3 +280,15 @@ def test_terms_that_need_no_outline_are_given_for_a_lesion_too_thin_to_trace() -
     terms = D.describe_terms(image, mask, ["orientation", "posterior_features"])
     assert terms["orientation"] == Orientation.NOT_PARALLEL.value
     assert terms["posterior_features"] in {p.value for p in PosteriorFeatures}
+
+
+def test_a_large_lesions_echo_pattern_is_measured_on_blocks_and_reads_the_same() -> None:
+    mask = _circle(60.0)  # radius 60 > REGIONAL_RADIUS: echo measures on 2-pixel blocks
+    for inside, expected in ((8.0, EchoPattern.ANECHOIC), (45.0, EchoPattern.HYPOECHOIC)):
+        image = _scene(mask, inside=inside)
+        assert D.describe(image, mask).echo_pattern is expected
+    region = D._Region(_scene(mask), mask)
+    assert region.regional is not region
+    assert region.regional.radius == pytest.approx(region.radius / 2, rel=0.02)
+    small = D._Region(_scene(_circle(20.0)), _circle(20.0))
+    assert small.regional is small

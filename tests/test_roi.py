@@ -257,3 +257,28 @@ def test_a_batch_of_views_is_sampled_as_each_view_alone(image: np.ndarray) -> No
         alone, alone_matrix = geometry.build_inputs(img01, (50, 33), half, spec, flip=flip)
         np.testing.assert_array_equal(inputs, alone)
         np.testing.assert_array_equal(matrix, alone_matrix)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_separable_uncrop_of_an_axis_aligned_crop_is_the_bilinear_one(flip: bool) -> None:
+    rng = np.random.default_rng(6)
+    crop_map = rng.random((32, 32)).astype(np.float32)
+    mat = geometry.crop_matrix((40.3, 33.7), 21.7, 32, flip=flip)
+    got = geometry.uncrop(crop_map, mat, (70, 90))
+    inv = geometry.invert_affine(mat)  # every image pixel's crop coordinates, sampled directly
+    xs, ys = np.meshgrid(np.arange(90, dtype=np.float64), np.arange(70, dtype=np.float64))
+    u = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    v = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    inside = (u >= -0.5) & (u < 31.5) & (v >= -0.5) & (v < 31.5)
+    values = geometry.sample_bilinear(crop_map, np.clip(u, 0, 31), np.clip(v, 0, 31))
+    np.testing.assert_allclose(got, np.where(inside, values, 0.0), rtol=0, atol=1e-6)
+    assert inside.sum() > 1500 and (got[~inside] == 0).all()
+
+
+def test_grid_sampling_is_pointwise_sampling_on_the_grid(image: np.ndarray) -> None:
+    img01 = geometry.SamplingImage(image.astype(np.float32) / 255.0)
+    h, w = image.shape
+    x = np.linspace(w + 3.0, -4.0, 37)  # mirrored, and beyond both edges
+    y = np.linspace(-2.5, h + 1.5, 29)
+    xs, ys = np.meshgrid(x, y)
+    np.testing.assert_allclose(img01.sample_grid(x, y), img01.sample(xs, ys), rtol=0, atol=1e-6)
