@@ -529,9 +529,8 @@ class _Region:
         """The interior's brightness and structure relative to the surrounding tissue."""
         ref = self.reference
         deepest = morph.max_chessboard_depth(self.mask[self.box(1)], limit=math.ceil(2 * self.ring))
-        core = self.inside_beyond(
-            min(self.ring, 0.5 * deepest)
-        )  # the interior away from the margin
+        # the interior away from the margin
+        core = self.inside_beyond(min(self.ring, 0.5 * deepest))
         sigma = max(2.0, COARSE_FRACTION * self.radius)
         box = self.box(math.ceil(3 * sigma))
         coarse = morph.gaussian_filter(self.image[box], sigma)[core[box]]
