@@ -62,7 +62,11 @@ class RoiSpec:
         pass2_proposals: how many first-pass extents the second pass frames (0: every distinct
             one, the most self-consistent kept); with N > 0 the N best-framed first-pass views
             (extent/half-width closest to the training framing) propose, so the usual second
-            pass is one crop (and its mirror) instead of up to three.
+            pass is one crop (and its mirror) instead of up to three. The real recipe's 1: on
+            its final 30-epoch network's validation split (250 lesions, paired) AUC 0.891 and
+            Dice 0.862 against 0.889 / 0.857 with every proposal; over bench.model's 3 CV folds
+            at 12 epochs (paired) mean AUC 0.852 / Dice 0.815 against 0.847 / 0.813; and
+            ~1.8 fewer crops per lesion. The phantom pipeline keeps 0.
         min_half_width: smallest crop half-width in image pixels.
         threshold: probability above which a pixel belongs to the lesion.
         flip_tta: average the second pass with its horizontal mirror.
@@ -74,7 +78,7 @@ class RoiSpec:
     pass1_fractions: tuple[float, ...] = (0.12, 0.24, 0.48)
     context_factor: float = 2.0
     refine_passes: int = 1
-    pass2_proposals: int = 0
+    pass2_proposals: int = 1
     min_half_width: float = 8.0
     threshold: float = 0.5
     flip_tta: bool = True
@@ -117,6 +121,7 @@ class RoiSpec:
         try:
             raw = json.loads(text)
             raw.pop("target_ratio", None)  # derived from context_factor since 0.1
+            raw.setdefault("pass2_proposals", 0)  # older bundles framed every proposal
             raw["scales"] = tuple(raw["scales"])
             raw["pass1_fractions"] = tuple(raw["pass1_fractions"])
             return cls(**raw)

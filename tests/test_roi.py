@@ -234,7 +234,7 @@ def test_one_pass2_proposal_frames_the_best_framed_first_pass_view() -> None:
         )
 
     first = [view(10.0, 9.0), view(20.0, 11.0), view(40.0, 14.0)]  # ratios 0.9, 0.55, 0.35
-    every = RoiSpec()
+    every = RoiSpec(pass2_proposals=0)
     assert _proposals(first, every) == [14.0, 11.0, 9.0]  # every distinct one, largest first
     one = RoiSpec(pass2_proposals=1)  # target ratio 1 / context_factor = 0.5
     assert _proposals(first, one) == [11.0]
@@ -242,7 +242,7 @@ def test_one_pass2_proposal_frames_the_best_framed_first_pass_view() -> None:
     assert RoiSpec.from_json(one.to_json()) == one
     old = json.loads(every.to_json())
     del old["pass2_proposals"]  # a bundle exported before the setting existed
-    assert RoiSpec.from_json(json.dumps(old)) == every
+    assert RoiSpec.from_json(json.dumps(old)) == every != RoiSpec()
     with pytest.raises(ConfigError):
         RoiSpec(pass2_proposals=-1)
 
