@@ -173,9 +173,9 @@ def measure_in_fresh_process(
 ) -> dict[str, Any]:
     """:func:`measure` run by ``python -m bench.console`` in a new process.
 
-    A console process never trained a network: measured inside the training process (torch
-    loaded, its thread pools warm, hundreds of MB of training state), the same bundle ran
-    p50 19.1 / p95 22.1 ms against 15.6 / 18.6 ms in a process of its own.
+    A console process never trained a network: measured inside the training process, the same
+    bundle ran p50 19.1 / p95 22.1 ms against 15.6 / 18.6 ms in a process of its own (the cause
+    was not isolated; torch is loaded there, with its thread pools and the training's memory).
     """
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "bench.console", "--bundle", str(bundle)]
