@@ -32,6 +32,7 @@ import numpy as np
 
 STAGES = ("decode", "preprocess", "network", "postprocess", "fusion", "descriptors", "report")
 HEAVY = ("torch", "scipy", "sklearn", "skimage", "matplotlib")
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _TorchModel:
@@ -180,8 +181,7 @@ def measure_in_fresh_process(
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "bench.console", "--bundle", str(bundle)]
         command += ["--testset", str(testset), "--cases", str(n_cases), "--out", out]
-        root = Path(__file__).resolve().parents[1]
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=timeout)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"bench.console failed (exit {proc.returncode}): {tail}")
