@@ -66,7 +66,7 @@ class RoiSpec:
             its final 30-epoch network's validation split (250 lesions, paired) AUC 0.891 and
             Dice 0.862 against 0.889 / 0.857 with every proposal; over bench.model's 3 CV folds
             at 12 epochs (paired) mean AUC 0.852 / Dice 0.815 against 0.847 / 0.813; and
-            ~1.8 fewer crops per lesion. The phantom pipeline keeps 0.
+            ~1.7 fewer crops per lesion (7.1 -> 5.4). The phantom pipeline keeps 0.
         min_half_width: smallest crop half-width in image pixels.
         threshold: probability above which a pixel belongs to the lesion.
         flip_tta: average the second pass with its horizontal mirror.
