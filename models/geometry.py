@@ -70,6 +70,14 @@ class RoiSpec:
         min_half_width: smallest crop half-width in image pixels.
         threshold: probability above which a pixel belongs to the lesion.
         flip_tta: average the second pass with its horizontal mirror.
+        final_scales: half-widths of the final view, as multiples of its own, whose masks (mapped
+            back to image pixels) and outputs are averaged: test-time augmentation over scale.
+            ``(1.0,)`` is the final view alone. The real recipe's ``(0.8, 1.0, 1.25)`` without
+            mirrors: over bench.model's 3 CV folds at 12 epochs (paired, 555 held-out lesions
+            each) mean AUC 0.858 / Dice 0.819 against 0.852 / 0.816 for the mirrored view alone,
+            higher in every fold, at 6.2 crops per lesion against 5.4; with mirrors 0.860 /
+            0.821 (9.4 crops), over five scales with mirrors 0.862 / 0.823 (13.4 crops). The
+            phantom pipeline keeps the mirrored view alone.
     """
 
     crop_size: int = 64
@@ -81,7 +89,8 @@ class RoiSpec:
     pass2_proposals: int = 1
     min_half_width: float = 8.0
     threshold: float = 0.5
-    flip_tta: bool = True
+    flip_tta: bool = False
+    final_scales: tuple[float, ...] = (0.8, 1.0, 1.25)
 
     def __post_init__(self) -> None:
         if self.crop_size < 16:
@@ -94,6 +103,10 @@ class RoiSpec:
             raise ConfigError(f"context_factor must exceed 1, got {self.context_factor}")
         if self.pass2_proposals < 0:
             raise ConfigError(f"pass2_proposals must be >= 0, got {self.pass2_proposals}")
+        if 1.0 not in self.final_scales or any(s <= 0 for s in self.final_scales):
+            raise ConfigError(
+                f"final_scales must be positive and hold 1.0, got {self.final_scales}"
+            )
         if self.refine_passes < 0 or self.min_half_width <= 0 or not 0 < self.threshold < 1:
             raise ConfigError("refine_passes >= 0, min_half_width > 0, threshold in (0, 1)")
 
@@ -124,6 +137,7 @@ class RoiSpec:
             raw.setdefault("pass2_proposals", 0)  # older bundles framed every proposal
             raw["scales"] = tuple(raw["scales"])
             raw["pass1_fractions"] = tuple(raw["pass1_fractions"])
+            raw["final_scales"] = tuple(raw.get("final_scales", (1.0,)))  # older: the view alone
             return cls(**raw)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"invalid RoiSpec JSON: {e}") from e

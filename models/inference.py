@@ -9,8 +9,9 @@ The two-pass scheme lives here once and is shared with PyTorch prediction
 2. Pass 2 frames every proposal at ``context_factor × extent`` (the framing used in training, with
    its mirror image) in one batch and keeps the most self-consistent proposal; refinement re-frames
    while the extent still moves by more than 10 % or the lesion touches the border.
-3. The mask is mapped back to image pixels, thresholded and cut to the component under the click;
-   malignancy and descriptors come from the final view.
+3. With ``final_scales``, the final framing is also cropped at those multiples of its
+   half-width. The views' masks are mapped back to image pixels and averaged, thresholded and
+   cut to the component under the click; malignancy and descriptors are the views' means.
 
 This module must not import torch, scipy or scikit-learn (a test checks ``sys.modules``).
 """
@@ -236,6 +237,26 @@ def _component_in(
     return out
 
 
+def _average_mask(
+    views: Sequence[_View], seed: tuple[int, int], shape: tuple[int, ...], threshold: float
+) -> np.ndarray:
+    """The views' mask probabilities mapped back to the image and averaged, thresholded and cut
+    to the component under the click.
+
+    Only the region around the views' kept crop-space components is mapped back (the rest of
+    their footprints is dropped).
+    """
+    boxes = [geometry.image_box(v.component, v.matrix, shape) for v in views]
+    boxes = [b for b in boxes if b is not None]
+    region = None
+    if boxes:
+        rows = slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes))
+        region = rows, slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
+    probs = [geometry.uncrop(v.prob.astype(np.float32), v.matrix, shape, region) for v in views]
+    full = probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
+    return _component_in(full > threshold, seed, region)
+
+
 def _consistency(candidate: float, view: _View) -> float:
     """How far the extent seen when framing ``candidate`` drifts from it (lower is better)."""
     return abs(math.log(view.extent / candidate)) if view.usable else math.inf
@@ -258,7 +279,7 @@ def analyze_image(
     frames every proposal at ``context_factor × extent`` in one batch and keeps the most
     self-consistent one (its own extent drifts least from the proposal; ties go to the larger).
     Refinement re-frames while the extent still moves by more than 10 % or the lesion touches the
-    crop border.
+    crop border. The settled framing is then averaged over ``spec.final_scales``.
 
     Args:
         image: uint8 greyscale image (H, W).
@@ -302,15 +323,17 @@ def analyze_image(
         view = _run_views(
             image01, seed, [_frame(extent, spec)], spec, runner, clock, spec.flip_tta
         )[0]
-    # map back only around the kept crop-space component: the rest of the footprint is dropped
-    region = geometry.image_box(view.component, view.matrix, image.shape)
-    full = geometry.uncrop(view.prob.astype(np.float32), view.matrix, image.shape, region)
-    mask = _component_in(full > spec.threshold, seed, region)
+    views = [view]
+    rescaled = [s for s in spec.final_scales if s != 1.0]
+    if rescaled:
+        halves = [view.half * s for s in rescaled]
+        views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
+    mask = _average_mask(views, seed, image.shape, spec.threshold)
     descriptor_probs = {}
     for head, classes in heads.items():
-        p = _softmax(view.outputs[DESCRIPTOR_PREFIX + head]).mean(axis=0)
+        p = np.mean([_softmax(v.outputs[DESCRIPTOR_PREFIX + head]).mean(axis=0) for v in views], 0)
         descriptor_probs[head] = {c: float(v) for c, v in zip(classes, p, strict=True)}
-    logit = float(np.mean(view.outputs[OUTPUT_MALIGNANCY]))
+    logit = float(np.mean([np.mean(v.outputs[OUTPUT_MALIGNANCY]) for v in views]))
     clock.lap("postprocess")
     timings = dict(clock.ms, total=(time.perf_counter() - start) * 1000.0)
     return LesionOutput(logit, mask, descriptor_probs, timings, float(extent), float(view.half))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -282,3 +283,63 @@ def test_grid_sampling_is_pointwise_sampling_on_the_grid(image: np.ndarray) -> N
     y = np.linspace(-2.5, h + 1.5, 29)
     xs, ys = np.meshgrid(x, y)
     np.testing.assert_allclose(img01.sample_grid(x, y), img01.sample(xs, ys), rtol=0, atol=1e-6)
+
+
+def test_final_scales_average_the_views_masks_as_the_whole_image_uncrop_does() -> None:
+    from models.inference import _average_mask, _View
+
+    rng = np.random.default_rng(5)
+    views = []
+    for half, angle in ((18.0, 0.0), (22.5, 0.0), (14.4, 0.1)):  # 0.8 / 1 / 1.25 of one framing
+        mat = geometry.crop_matrix((44.0, 35.0), half, 32, angle=angle)
+        uu, vv = np.meshgrid(np.arange(32), np.arange(32))
+        prob = 1.0 / (1.0 + np.exp(np.hypot(uu - 16, vv - 16) - 9.0 * 22.5 / half))
+        prob += ndimage.gaussian_filter(rng.normal(0, 0.6, (32, 32)), 1.5)
+        component = geometry.select_component(prob > 0.5, (16, 16), fill=False)
+        views.append(_View(half, mat, prob, {}, component, 1.0, False))
+    seed, shape = (44, 35), (70, 90)
+    for chosen in (views[:1], views):
+        full = np.mean(
+            [geometry.uncrop(v.prob.astype(np.float32), v.matrix, shape) for v in chosen], axis=0
+        )
+        expected = geometry.select_component(full > 0.5, seed)
+        assert np.array_equal(_average_mask(chosen, seed, shape, 0.5), expected)
+    assert not np.array_equal(_average_mask(views[:1], seed, shape, 0.5), expected)
+
+
+def test_final_scales_add_views_after_the_framing_is_settled() -> None:
+    from models.inference import analyze_image
+    from models.train import TrainConfig, build_model, torch_runner
+
+    alone = RoiSpec(crop_size=48, pass1_fractions=(0.15, 0.3, 0.5), final_scales=(1.0,))
+    config = TrainConfig(
+        encoder="residual", features=(8, 16, 32, 64), subunits=(1, 1, 1, 1), spec=alone
+    )
+    torch.manual_seed(0)
+    network = build_model(config).eval()
+    heads = {h: tuple(c) for h, c in network.head_vocabularies.items()}
+    sample = synthetic_lesions(1, seed=2, size=(96, 112))[0]
+    crops = []
+
+    def runner(batch: np.ndarray):
+        crops.append(len(batch))
+        return torch_runner(network)(batch)
+
+    for flip in (True, False):
+        spec = dataclasses.replace(alone, flip_tta=flip)
+        crops.clear()
+        single = analyze_image(sample.image, sample.seed, spec, runner, heads)
+        counted = sum(crops)
+        tta = dataclasses.replace(spec, final_scales=(0.8, 1.0, 1.25))
+        crops.clear()
+        averaged = analyze_image(sample.image, sample.seed, tta, runner, heads)
+        assert sum(crops) == counted + (4 if flip else 2)  # two more framings (and mirrors)
+        assert (averaged.extent, averaged.half_width) == (single.extent, single.half_width)
+        assert averaged.malignancy_logit != single.malignancy_logit
+    assert RoiSpec.from_json(tta.to_json()) == tta
+    old = json.loads(tta.to_json())
+    del old["final_scales"]  # a bundle exported before the setting existed: the view alone
+    assert RoiSpec.from_json(json.dumps(old)).final_scales == (1.0,)
+    for bad in ((0.8, 1.25), (0.0, 1.0)):
+        with pytest.raises(ConfigError):
+            RoiSpec(final_scales=bad)
