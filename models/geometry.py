@@ -69,7 +69,8 @@ class RoiSpec:
             ~1.7 fewer crops per lesion (7.1 -> 5.4). The phantom pipeline keeps 0.
         min_half_width: smallest crop half-width in image pixels.
         threshold: probability above which a pixel belongs to the lesion.
-        flip_tta: average the second pass with its horizontal mirror.
+        flip_tta: average the second pass with its horizontal mirror (the real recipe averages
+            over scales instead, see ``final_scales``).
         final_scales: half-widths of the final view, as multiples of its own, whose masks (mapped
             back to image pixels) and outputs are averaged: test-time augmentation over scale.
             ``(1.0,)`` is the final view alone. The real recipe's ``(0.8, 1.0, 1.25)`` without

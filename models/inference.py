@@ -7,8 +7,9 @@ The two-pass scheme lives here once and is shared with PyTorch prediction
    view whose predicted lesion (the component under the click) is whole, i.e. does not touch the
    crop border, proposes an *extent*: the Chebyshev radius of that component around the click.
 2. Pass 2 frames every proposal at ``context_factor × extent`` (the framing used in training, with
-   its mirror image) in one batch and keeps the most self-consistent proposal; refinement re-frames
-   while the extent still moves by more than 10 % or the lesion touches the border.
+   its mirror image when ``flip_tta``) in one batch and keeps the most self-consistent proposal;
+   refinement re-frames while the extent still moves by more than 10 % or the lesion touches the
+   border.
 3. With ``final_scales``, the final framing is also cropped at those multiples of its
    half-width. The views' masks are mapped back to image pixels and averaged, thresholded and
    cut to the component under the click; malignancy and descriptors are the views' means.
