@@ -306,9 +306,11 @@ def test_summed_site_statistics_equal_the_pooled_ones_and_kappa_matches(tiny_wor
     model, _ = load_weights(tiny_world.bundle)
     samples = samples_from_registries(tiny_world.registries)
     outputs = predict(model, samples)
-    bins = C.LogitBins(
-        low=-1.0, high=1.0, count=4000
-    )  # the barely trained model's logits are small
+    y = np.array([s.label for s in samples])
+    z = np.array([o.malignancy_logit for o in outputs])
+    # the barely trained model's logits are small: bins over their range, as fine as 4000 allow
+    reach = 1.01 * float(np.abs(z).max())
+    bins = C.LogitBins(low=-reach, high=reach, count=4000)
     whole = V.validation_statistics(samples, outputs, bins)
     half = len(samples) // 2
     parts = V.validation_statistics(samples[:half], outputs[:half], bins).merge(
@@ -330,8 +332,6 @@ def test_summed_site_statistics_equal_the_pooled_ones_and_kappa_matches(tiny_wor
                 assert ours["kappa"] is None
             else:
                 assert ours["kappa"] == pytest.approx(theirs["kappa"])
-    y = np.array([s.label for s in samples])
-    z = np.array([o.malignancy_logit for o in outputs])
     fitted = V.fit_calibration(whole, confidence=0.95, n_bootstrap=200)
     assert fitted.temperature == pytest.approx(C.fit_temperature(z, y), rel=0.01)
     assert fitted.validation["n"] == len(samples)
