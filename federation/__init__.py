@@ -11,7 +11,8 @@
   candidate bundle and its lineage; :mod:`federation.cycle`: :func:`run_cycle`, one cycle end
   to end (what ``sonofed vendor federate`` runs);
 - :mod:`federation.simulation` (one machine) and :mod:`federation.deployment` (TLS, node keys,
-  SuperLink and SuperNodes).
+  SuperLink and SuperNodes); :mod:`federation.services` runs a service's processes together
+  and starts a refused SuperNode again.
 
 Imports ``models`` and ``data_registry``, never ``release``.
 """

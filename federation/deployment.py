@@ -14,7 +14,8 @@
 - :func:`check_tls` tries a connection first and says what is wrong (a certificate that does not
   name the host, another CA, a refused client certificate, nothing listening).
 - :func:`superlink_command` and :func:`supernode_command` build the real ``flower-superlink``
-  and ``flower-supernode`` command lines; :class:`ProcessGroup` runs several as one service.
+  and ``flower-supernode`` command lines; :class:`federation.services.ProcessGroup` runs
+  several as one service.
 - :func:`submit_run` starts the app on a SuperLink with ``flwr run``; :func:`wait_for_nodes`
   prints who is online until enough hospitals are.
 
@@ -30,8 +31,8 @@ import http.client
 import ipaddress
 import json
 import os
+import random
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -55,7 +56,6 @@ __all__ = [
     "LOOPBACK",
     "NodeKeys",
     "Pki",
-    "ProcessGroup",
     "certificate_names",
     "check_tls",
     "fab_hash",
@@ -853,76 +853,6 @@ def fab_hash(app: Path) -> str:
     return hashlib.sha256(build_fab_from_disk(Path(app))).hexdigest()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets SIGTERM when the supervising process dies (even by SIGKILL)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class _Stop(Exception):
-    pass
-
-
-class ProcessGroup:
-    """Processes that make one service (SuperLink + proxy, SuperNode + executor): started
-    together, and all stopped when one exits or the group is told to stop (SIGTERM/SIGINT)."""
-
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> None:
-        """Start ``command`` (its output goes to this process's stdout/stderr)."""
-        process = subprocess.Popen(list(command), env=dict(env), preexec_fn=_die_with_parent)
-        self.children.append((name, process))
-
-    def exited(self) -> tuple[str, int] | None:
-        """The first child that has exited, with its code."""
-        for name, process in self.children:
-            code = process.poll()
-            if code is not None:
-                return name, code
-        return None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Terminate every child still running (SIGTERM, then SIGKILL after ``timeout``)."""
-        for _, process in reversed(self.children):
-            if process.poll() is None:
-                process.terminate()
-        for _, process in self.children:
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def run(self, say: Callable[[str], None]) -> int:
-        """Wait until a child exits or SIGTERM/SIGINT arrives, then stop the others.
-
-        Returns:
-            0 after a signal, else the exit code of the child that ended (1 if it was 0).
-        """
-
-        def stop(signum: int, frame: Any) -> None:
-            raise _Stop
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while (ended := self.exited()) is None:
-                time.sleep(0.5)
-            name, code = ended
-            say(f"{name} exited with code {code}; stopping the others")
-            return code or 1
-        except _Stop:
-            say("stopping")
-            return 0
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
-
-
 def wait_for_port(host: str, port: int, timeout: float, *, alive: Callable[[], bool]) -> None:
     """Wait until something accepts connections on ``host:port``.
 
@@ -941,8 +871,37 @@ def wait_for_port(host: str, port: int, timeout: float, *, alive: Callable[[], b
     raise DeploymentError(f"nothing listened on {host}:{port} within {timeout:g} s")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (for the SuperLink's loopback port)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PICKED_PORT = 10000
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux default 32768)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    return 32768
+
+
+def free_port(host: str = "127.0.0.1", *, attempts: int = 200) -> int:
+    """A port nothing uses now, below the kernel's ephemeral range.
+
+    A port from that range (what binding port 0 returns) can be taken as the local end of an
+    outgoing connection, such as the proxy's keep-alive connections to the SuperLink, in the
+    seconds before the process that should listen on it starts; the listener then fails with
+    "address already in use" (a SuperNode exits on that). Ports below the range are never
+    handed out that way. With an unusual range (or none free below it) the kernel chooses.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    high = _ephemeral_start()
+    picker = random.SystemRandom()
+    for _ in range(attempts if high > LOWEST_PICKED_PORT + 100 else 0):
+        port = picker.randrange(LOWEST_PICKED_PORT, high)
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -33,13 +33,13 @@ from data_registry.files import write_atomic
 from federation.deployment import (
     CLIENT_CHECK_PATH,
     Pki,
-    ProcessGroup,
     flower_env,
     free_port,
     superlink_command,
     wait_for_port,
 )
 from federation.exceptions import DeploymentError, ProxyError
+from federation.services import ProcessGroup
 
 __all__ = ["NGINX_TEMPLATE", "ProxyPlan", "find_nginx", "nginx_config", "run_superlink"]
 

@@ -237,13 +237,9 @@ def _approve_app(args: argparse.Namespace) -> int:
 def _join(args: argparse.Namespace) -> int:
     _errors()
     from federation.approval import executor_command, load_approved
-    from federation.deployment import (
-        ProcessGroup,
-        check_tls,
-        flower_env,
-        supernode_command,
-    )
+    from federation.deployment import check_tls, flower_env, supernode_command
     from federation.exceptions import TlsCheckError
+    from federation.services import ProcessGroup, RestartPolicy
 
     if not (args.registry / "HEAD").is_file():
         raise UserError(f"--registry {args.registry}: not a registry")
@@ -263,7 +259,9 @@ def _join(args: argparse.Namespace) -> int:
         site_id=args.site_id, port=args.port, max_retries=args.max_retries,
     )  # fmt: skip
     group = ProcessGroup()
-    group.start("flower-supernode", command, flower_env())
+    # --max-retries bounds the attempts; without it the hospital stays in the federation
+    restart = None if args.max_retries is not None else RestartPolicy()
+    group.start("flower-supernode", command, flower_env(), restart=restart)
     group.start("executor", executor_command(f"127.0.0.1:{args.port}", args.approved_apps),
                 flower_env())  # fmt: skip
     _progress(f"SuperNode started; runs only the {len(approved.approved)} app(s) approved in "
@@ -430,7 +428,10 @@ def register_hospital(commands: argparse._SubParsersAction) -> None:
         description="Run flower-supernode (TLS to the vendor's SuperLink, authenticated with "
         "the hospital's key, training on --registry) with --isolation process, and the "
         "hospital's executor, which runs only the app bundles listed in --approved-apps "
-        "(their sha256 is checked before any of their code is unpacked). Runs until stopped.",
+        "(their sha256 is checked before any of their code is unpacked). Runs until stopped: "
+        "when the SuperNode exits with an error (the SuperLink refused it, e.g. a key the vendor "
+        "has not registered yet, or lost it), it is started again after 5 s, doubling up to "
+        "60 s; with --max-retries it is not.",
     )
     join.add_argument("--superlink", required=True, metavar="HOST:PORT")
     join.add_argument("--registry", type=Path, required=True, help="the hospital's registry")
@@ -440,7 +441,9 @@ def register_hospital(commands: argparse._SubParsersAction) -> None:
     join.add_argument("--port", type=int, default=9094,
                       help="this SuperNode's local port on 127.0.0.1, where the hospital's "
                       "executor connects (default 9094; one per SuperNode on a host)")  # fmt: skip
-    join.add_argument("--max-retries", type=int, help="give up after this many attempts")
+    join.add_argument("--max-retries", type=int,
+                      help="give up after this many connection attempts (default: keep trying, "
+                      "and start the SuperNode again when it exits with an error)")  # fmt: skip
     join.add_argument("--approved-apps", type=Path, default=Path("approved-apps.json"),
                       help="the app bundles this SuperNode may run (`approve-app`)")  # fmt: skip
     join.set_defaults(handler=_join)

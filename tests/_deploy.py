@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from federation.deployment import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SONOFED = [sys.executable, "-m", "sonofed.cli"]
 START_TIMEOUT = 180.0
@@ -29,12 +31,6 @@ round has taken over 10 minutes at a load average of 35)."""
 def sonofed(*args: str) -> list[str]:
     """``sonofed ARGS`` with this interpreter."""
     return [*SONOFED, *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = START_TIMEOUT) -> None:
@@ -76,11 +72,15 @@ class Processes:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env, self.logs = env, logs
         self.started: list[tuple[subprocess.Popen, object]] = []
+        self.named: dict[str, subprocess.Popen] = {}
         self.ports: list[int] = []
 
     def port(self) -> int:
-        self.ports.append(free_port())
-        return self.ports[-1]
+        """A free port none of this test's processes was given yet."""
+        while (port := free_port()) in self.ports:
+            pass
+        self.ports.append(port)
+        return port
 
     def _helpers(self) -> list[psutil.Process]:
         addresses = {f"127.0.0.1:{port}" for port in self.ports}
@@ -102,11 +102,44 @@ class Processes:
             command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         self.started.append((process, log))
+        self.named[name] = process
         return process
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.is_file() else ""
+
+    def tails(self, names: list[str], chars: int = 1500) -> str:
+        """The end of each named process's log (what a failing test shows)."""
+        return "\n".join(f"== {name}.log:\n{self.log(name)[-chars:]}" for name in names)
+
+    def run_watching(
+        self, command: list[str], watch: list[str], timeout: float
+    ) -> subprocess.CompletedProcess:
+        """Run ``command`` to its end while the processes named ``watch`` keep running: if one
+        of them exits first, fail at once with their logs instead of waiting out ``timeout``."""
+        name = "watched"
+        with (
+            open(self.logs / f"{name}.out", "wb") as out,
+            open(self.logs / f"{name}.err", "wb") as err,
+        ):
+            process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=out, stderr=err)
+            deadline = time.monotonic() + timeout
+            try:
+                while process.poll() is None:
+                    gone = [n for n in watch if self.named[n].poll() is not None]
+                    assert not gone, f"{gone} exited while {command[3:5]} ran\n{self.tails(watch)}"
+                    assert time.monotonic() < deadline, f"{command[3:5]} ran past {timeout:g} s"
+                    time.sleep(1.0)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        stdout, stderr = (
+            (self.logs / f"{name}{suffix}").read_text(errors="replace")
+            for suffix in (".out", ".err")
+        )
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
     def stop(self) -> None:
         family = self._helpers()

@@ -92,23 +92,28 @@ def test_the_readme_deployment_from_pki_to_a_console_update(tiny_world, tmp_path
             _run(env, "hospital", "keys", "--out", str(home / "keys"), "--name", name)
             _run(env, "hospital", "approve-app", "--fab-sha256", app_hash, "--approved-apps",
                  str(home / "approved-apps.json"))  # fmt: skip
-            (vendor / f"{name}.pub").write_bytes((home / "keys" / f"{name}.pub").read_bytes())
-            _run(env, "vendor", "register-hospital", "--public-key", str(vendor / f"{name}.pub"),
-                 "--superlink", superlink, "--ca", str(pki / "ca.crt"),
-                 "--flwr-home", str(vendor / "flwr-home"))  # fmt: skip
             processes.start(name, sonofed(
                 "hospital", "join", "--superlink", superlink, "--registry", str(registry),
                 "--key", str(home / "keys" / f"{name}.key"), "--ca", str(home / "ca.crt"),
                 "--approved-apps", str(home / "approved-apps.json"),
                 "--port", str(processes.port()),
             ), nice=5)  # fmt: skip
+            # as in the README, the vendor registers the key the hospital sent after it joined
+            (vendor / f"{name}.pub").write_bytes((home / "keys" / f"{name}.pub").read_bytes())
+            _run(env, "vendor", "register-hospital", "--public-key", str(vendor / f"{name}.pub"),
+                 "--superlink", superlink, "--ca", str(pki / "ca.crt"),
+                 "--flwr-home", str(vendor / "flwr-home"))  # fmt: skip
         candidate = vendor / "candidate"
-        federate = _run(
-            env, "vendor", "federate", "--superlink", superlink, "--ca", str(pki / "ca.crt"),
+        federate = processes.run_watching(sonofed(
+            "vendor", "federate", "--superlink", superlink, "--ca", str(pki / "ca.crt"),
             "--num-sites", "3", "--testset", str(tiny_world.locked), "--out", str(candidate),
             "--cycle", "1", "--init", str(tiny_world.bundle), "--params", str(params),
-            "--flwr-home", str(vendor / "flwr-home"), timeout=2400,
-        )  # fmt: skip
+            "--flwr-home", str(vendor / "flwr-home"),
+        ), watch=["superlink", "site-a", "site-b", "site-c"], timeout=2400)  # fmt: skip
+        assert federate.returncode == 0, (
+            federate.stderr[-3000:],
+            processes.tails(["site-a", "site-b", "site-c"]),
+        )
     finally:
         processes.stop()
     assert "hospitals online: 3 of 3 needed" in federate.stderr

@@ -1,7 +1,8 @@
 """A real deployment on localhost: the SuperLink with TLS, a database and node authentication
 behind its nginx proxy, hospitals as separate SuperNode processes with registered EC P-384 keys
 that run only their approved app, two federated rounds on phantom registries; a SuperNode with
-an unregistered key is refused, and a hospital whose ClientApp process dies mid-round is
+an unregistered key is refused, a hospital that joined before the vendor registered its key is
+admitted once it is (``join`` starts its refused SuperNode again), and a hospital whose ClientApp process dies mid-round is
 recorded while the round completes with the others.
 
 Deterministic on a loaded machine: ``federate --superlink --num-sites 4`` waits until all four
@@ -20,13 +21,22 @@ from federation import protocol
 from federation.approval import executor_command
 from federation.audit import read_audit
 from federation.deployment import (
+    NodeKeys,
     Pki,
     init_pki,
     make_node_keys,
     register_node,
     supernode_command,
 )
-from tests._deploy import DEPLOY_TIMEOUT, REPO, Processes, process_env, sonofed, start_superlink
+from tests._deploy import (
+    DEPLOY_TIMEOUT,
+    REPO,
+    Processes,
+    process_env,
+    sonofed,
+    start_superlink,
+    wait_for_text,
+)
 
 
 @pytest.mark.slow
@@ -55,16 +65,24 @@ def test_superlink_and_three_supernodes_run_two_rounds_and_refuse_an_unknown_key
         ), cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
         assert registered.returncode == 0, registered.stderr[-2000:]
         assert json.loads(registered.stdout)["node_id"] > 0
-        for key in keys[1:4]:  # the rogue's key is never registered
+
+        def register(key: NodeKeys) -> None:
             register_node(key.public_key, superlink=superlink, ca_cert=pki.ca_cert,
                           client=Pki.at(tmp_path / "pki").client(),
                           flwr_home=tmp_path / "vendor-home")  # fmt: skip
+
+        for key in (keys[1], keys[3]):  # site-c's key comes later, the rogue's never
+            register(key)
         for key, registry in zip(keys[:3], tiny_world.registries, strict=True):
             processes.start(key.private_key.stem, sonofed(
                 "hospital", "join", "--superlink", superlink, "--registry", str(registry),
                 "--key", str(key.private_key), "--ca", str(pki.ca_cert),
                 "--port", str(processes.port()), "--approved-apps", str(approved),
             ), nice=5)  # fmt: skip
+        # site-c joined before the vendor registered it: refused, its SuperNode is started again
+        wait_for_text(tmp_path / "site-c.log", "flower-supernode exited with code 1; starting "
+                      "it again", timeout=600)  # fmt: skip
+        register(keys[2])
         dies_port = processes.port()
         processes.start("dies", supernode_command(
             superlink=superlink, ca_cert=pki.ca_cert, private_key=keys[3].private_key,
@@ -82,19 +100,22 @@ def test_superlink_and_three_supernodes_run_two_rounds_and_refuse_an_unknown_key
         params = tmp_path / "params.yaml"
         params.write_text("federate:\n  fraction_evaluate: 0.0\n  min_clients: 3\n")
         run_dir = tmp_path / "run"
-        federate = subprocess.run(sonofed(
+        hospitals = ["site-a", "site-b", "site-c"]
+        federate = processes.run_watching(sonofed(
             "vendor", "federate", "--superlink", superlink, "--ca", str(pki.ca_cert),
             "--testset", str(tiny_world.locked), "--cycle", "1", "--init", str(tiny_world.bundle),
             "--rounds", "2", "--num-sites", "4", "--params", str(params),
             "--run-dir", str(run_dir), "--flwr-home", str(tmp_path / "vendor-home"),
             "--no-package", "--json",
-        ), cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)  # fmt: skip
-        assert federate.returncode == 0, federate.stderr[-3000:]
+        ), watch=["superlink", *hospitals], timeout=2400)  # fmt: skip
+        assert federate.returncode == 0, (federate.stderr[-3000:], processes.tails(hospitals))
         rogue_code = rogue.wait(timeout=180)
     finally:
         processes.stop()
     assert rogue_code != 0
     assert "Failed to activate" in processes.log("rogue")
+    assert "starting it again" not in processes.log("rogue")  # --max-retries: no restarts
+    assert "Failed to activate" in processes.log("site-c")  # before the vendor registered it
     assert "hospitals online: 4 of 4 needed" in federate.stderr
 
     history = json.loads(federate.stdout)["history"]
