@@ -58,6 +58,35 @@ def prepare(data: Path, work: Path, fraction: float, seed: int) -> tuple[Path, l
     return locked, registries
 
 
+def _fusion_lines(fusion: dict[str, Any]) -> list[str]:
+    """How the outline fusion was fitted and why it ships or not."""
+    if "auc_fused" not in fusion and "auc_fused_cross_fitted" not in fusion:
+        return ["", f"Outline fusion: not used ({fusion.get('reason', 'no report')})."]
+    verdict = "shipped" if fusion.get("used") else "not shipped"
+    if fusion.get("fitted_on") != "out-of-fold":
+        return [
+            "",
+            f"Outline fusion, fitted cross-fitted on validation: AUC {fusion['auc_fused_cross_fitted']:.3f} "
+            f"against the network's {fusion['auc_network']:.3f}, {verdict}.",
+        ]
+    lines = [
+        "",
+        f"Outline fusion, stacked: fitted on {fusion['cases']} held-out CV lesions (the final "
+        f"network's validation split left out), judged on that split ({fusion['validation_cases']} "
+        f"lesions): AUC {fusion['auc_fused']:.3f} against the network's {fusion['auc_network']:.3f}, "
+        f"{verdict}. Cross-fitted on the held-out CV lesions:",
+        "",
+        "| CV lesions | n | network AUC | fused AUC |",
+        "|---|---|---|---|",
+        f"| pooled | {fusion['cases']} | {fusion['cv_auc_network']:.3f} | {fusion['cv_auc_fused_cross_fitted']:.3f} |",
+    ]
+    for site, row in fusion.get("per_site", {}).items():
+        lines.append(
+            f"| {site} | {row['cases']} | {row['auc_network']:.3f} | {row['auc_fused_cross_fitted']:.3f} |"
+        )
+    return lines
+
+
 def _markdown(result: dict[str, Any]) -> str:
     test = result["locked_test"]
     pooled = test["pooled"]
@@ -106,6 +135,7 @@ def _markdown(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {label} | {cv[key]['mean']:.3f} ± {cv[key]['sd']:.3f} | {locked_text} |"
                 )
+    lines += _fusion_lines(result.get("fusion") or {})
     lines += ["", "| mode | threshold | sensitivity | specificity |", "|---|---|---|---|"]
     for mode, values in pooled["thresholds"].items():
         lines.append(
@@ -163,7 +193,7 @@ def main() -> None:
     if config.max_minutes is None and args.budget_minutes:
         share = (args.budget_minutes - RESERVE_MINUTES) / (args.cv_folds + 1)
         config = dataclasses.replace(config, max_minutes=max(share, 1.0))
-    cross_validation = None
+    cross_validation, out_of_fold = None, None
     if args.cv_folds:
         from models.samples import samples_from_registries
         from models.selection import cross_validate
@@ -178,8 +208,11 @@ def main() -> None:
             "per_fold": cv["per_fold"],
             "minutes": round((time.perf_counter() - start) / 60.0, 2),
         }
+        out_of_fold = cv["out_of_fold"]
     start = time.perf_counter()
-    metadata = train_central(registries, args.work / "central", config=config, testset=locked)
+    metadata = train_central(
+        registries, args.work / "central", config=config, testset=locked, out_of_fold=out_of_fold
+    )
     minutes = (time.perf_counter() - start) / 60.0
     result = {
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -192,6 +225,7 @@ def main() -> None:
         "locked_test": metadata.metrics["locked_test"],
         "descriptors": metadata.metrics["locked_test_descriptors"],
         "descriptor_sources": metadata.descriptor_sources,
+        "fusion": metadata.metrics.get("fusion"),
         "operating_points": metadata.operating_points,
         "temperature": metadata.temperature,
         "latency": console.measure_in_fresh_process(

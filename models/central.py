@@ -7,11 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from data_registry import LockedTestSet, Registry
 from models.bundle import BundleMetadata
 from models.exceptions import ConfigError
+from models.fusion import FusionModel, fit_stacked
 from models.packaging import config_from_dict, data_summary, package_bundle
 from models.samples import samples_from_registries, split_by_group
 from models.train import TrainConfig, train_model
@@ -63,8 +65,13 @@ def train_central(
     version: str = "1.0.0",
     lineage: Mapping[str, Any] | None = None,
     progress: bool = True,
+    out_of_fold: Mapping[str, Sequence[Any]] | None = None,
 ) -> BundleMetadata:
     """Train on the registries' eligible lesions and write a bundle scored on the locked set.
+
+    With ``out_of_fold`` (the held-out lesions of a cross-validation of this recipe on the same
+    lesions, :func:`models.selection.cross_validate`), the outline fusion is stacked: fitted on
+    those lesions less this network's validation split, then judged on that split.
 
     Raises:
         TestSetIntegrityError: the locked set is not intact (checked before training).
@@ -75,6 +82,9 @@ def train_central(
         locked.verify()
     samples = samples_from_registries(registries)
     train, val = split_by_group(samples, val_fraction, config.seed)
+    stacked = None
+    if out_of_fold is not None and config.fusion:
+        stacked = stacked_fusion(out_of_fold, exclude={(s.site_id, s.case_id) for s in val})
     result = train_model(train, val, config, progress=progress)
     training_data = {
         "sites": data_summary(samples),
@@ -98,4 +108,28 @@ def train_central(
         },
         locked=locked,
         progress=progress,
+        stacked_fusion=stacked,
+    )
+
+
+def stacked_fusion(
+    out_of_fold: Mapping[str, Sequence[Any]], exclude: set[tuple[str, str]]
+) -> tuple[FusionModel | None, dict[str, Any]]:
+    """:func:`models.fusion.fit_stacked` on a cross-validation's held-out lesions, less the
+    ``(site, case)`` pairs in ``exclude`` (the validation split the fusion is judged on)."""
+    keep = [
+        i
+        for i, key in enumerate(zip(out_of_fold["site_id"], out_of_fold["case_id"], strict=True))
+        if key not in exclude
+    ]
+
+    def column(name: str) -> list[Any]:
+        return [out_of_fold[name][i] for i in keep]
+
+    return fit_stacked(
+        np.array(column("features"), dtype=np.float64).reshape(len(keep), -1),
+        np.array(column("logit"), dtype=np.float64),
+        np.array(column("label"), dtype=np.float64),
+        column("group_id"),
+        column("site_id"),
     )

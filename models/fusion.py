@@ -10,6 +10,12 @@ calibrate and threshold it, always comes from a regression fitted without that c
 it is never scored on its own training predictions. The shipped regression (fitted on all the
 cases) is plain numpy coefficients in the bundle's ``metadata.json``; the console applies it
 without scikit-learn.
+
+Two places to fit it: the final network's validation cases (:func:`choose_fusion`, a few hundred
+lesions), or, when the recipe was cross-validated, the folds' held-out lesions (stacking,
+:func:`fit_stacked`): every training-part lesion scored by a fold network that never trained on
+it, several times as many cases. A stacked fusion is then judged once on the final network's
+validation cases, which neither it nor the network was fitted on (:func:`judge_fusion`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ __all__ = [
     "cross_fitted_logits",
     "feature_vector",
     "fit_logistic",
+    "fit_stacked",
     "group_folds",
+    "judge_fusion",
 ]
 
 SIZE_FEATURES = ("area", "perimeter")
@@ -240,6 +248,14 @@ def _auc(y: NDArray, s: NDArray) -> float:
     return float(roc_auc_score(y, s))
 
 
+def _best_penalty(x: NDArray, y: NDArray, groups: Sequence[str], k: int, seed: int) -> float:
+    """The ridge penalty with the lowest cross-fitted log-loss."""
+    losses = {
+        p: _log_loss(y, cross_fitted_logits(x, y, groups, p, k=k, seed=seed)) for p in PENALTIES
+    }
+    return min(losses, key=losses.get)
+
+
 def choose_fusion(
     features: NDArray,
     network_logits: NDArray,
@@ -269,10 +285,7 @@ def choose_fusion(
     x = np.column_stack([np.asarray(features, dtype=np.float64), logits])
     if len(np.unique(y)) < 2 or len(set(groups)) < 2 * k:
         return None, logits, {"used": False, "reason": "too few cases or one class"}
-    losses = {
-        p: _log_loss(y, cross_fitted_logits(x, y, groups, p, k=k, seed=seed)) for p in PENALTIES
-    }
-    penalty = min(losses, key=losses.get)
+    penalty = _best_penalty(x, y, groups, k, seed)
     fused = cross_fitted_logits(x, y, groups, penalty, k=k, seed=seed)
     report = {
         "auc_network": round(_auc(y, logits), 4),
@@ -284,3 +297,84 @@ def choose_fusion(
     if not report["auc_fused_cross_fitted"] > report["auc_network"]:
         return None, logits, {**report, "used": False}
     return FusionModel.fit(x, y, penalty), fused, {**report, "used": True}
+
+
+def fit_stacked(
+    features: NDArray,
+    network_logits: NDArray,
+    y: NDArray,
+    groups: Sequence[str],
+    sites: Sequence[str],
+    *,
+    k: int = 5,
+    seed: int = 0,
+) -> tuple[FusionModel | None, dict[str, Any]]:
+    """Fit the fusion on cross-validation's held-out lesions (stacking).
+
+    Each row must come from a network that never trained on that lesion (a fold network on its
+    held-out fold). The penalty is chosen by cross-fitted log-loss over these rows, and the
+    report gives their cross-fitted AUCs, fused and network alone, pooled and per site: the
+    cross-validated evidence for the fusion. Whether the final network ships it is decided on
+    its own validation cases (:func:`judge_fusion`).
+
+    Args:
+        features: :func:`feature_vector` rows (n, features).
+        network_logits: the fold networks' logits for the same lesions.
+        y: labels.
+        groups: patient/duplicate group per lesion.
+        sites: site per lesion (for the report).
+        k: cross-fitting folds.
+        seed: fold seed.
+
+    Returns:
+        ``(model, report)``: the fusion fitted on every row (None when there are too few cases or
+        one class), and the report.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    logits = np.asarray(network_logits, dtype=np.float64)
+    x = np.column_stack([np.asarray(features, dtype=np.float64), logits])
+    if len(np.unique(y)) < 2 or len(set(groups)) < 2 * k:
+        return None, {"fitted_on": "out-of-fold", "reason": "too few cases or one class"}
+    penalty = _best_penalty(x, y, groups, k, seed)
+    fused = cross_fitted_logits(x, y, groups, penalty, k=k, seed=seed)
+    report: dict[str, Any] = {
+        "fitted_on": "out-of-fold",
+        "cases": len(y),
+        "penalty": penalty,
+        "cv_auc_network": round(_auc(y, logits), 4),
+        "cv_auc_fused_cross_fitted": round(_auc(y, fused), 4),
+        "per_site": {},
+    }
+    site_of = np.asarray(sites)
+    for site in sorted(set(site_of.tolist())):
+        chosen = site_of == site
+        if len(np.unique(y[chosen])) == 2:
+            report["per_site"][site] = {
+                "cases": int(chosen.sum()),
+                "auc_network": round(_auc(y[chosen], logits[chosen]), 4),
+                "auc_fused_cross_fitted": round(_auc(y[chosen], fused[chosen]), 4),
+            }
+    return FusionModel.fit(x, y, penalty), report
+
+
+def judge_fusion(
+    model: FusionModel, features: NDArray, network_logits: NDArray, y: NDArray
+) -> tuple[bool, NDArray[np.float64], dict[str, Any]]:
+    """Judge a fusion fitted elsewhere on cases it never saw (the final network's validation).
+
+    Returns:
+        ``(used, logits, report)``: whether it beats the network alone there, the logits to
+        calibrate and threshold with (fused when used, else the network's), and both AUCs.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    logits = np.asarray(network_logits, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return False, logits, {"used": False, "reason": "validation holds one class"}
+    fused = model.logits(np.column_stack([np.asarray(features, dtype=np.float64), logits]))
+    report = {
+        "validation_cases": len(y),
+        "auc_network": round(_auc(y, logits), 4),
+        "auc_fused": round(_auc(y, fused), 4),
+    }
+    used = report["auc_fused"] > report["auc_network"]
+    return used, (fused if used else logits), {**report, "used": used}

@@ -38,7 +38,7 @@ from models.calibration import BIRADS_BANDS, choose_operating_points, fit_temper
 from models.data import LesionSample
 from models.exceptions import CalibrationError
 from models.export import export_onnx
-from models.fusion import FusionModel, choose_fusion, feature_vector
+from models.fusion import FusionModel, choose_fusion, feature_vector, judge_fusion
 from models.geometry import RoiSpec
 from models.inference import OnnxLesionModel
 from models.network import LesionNet
@@ -130,13 +130,22 @@ def score_locked(
 
 
 def fit_fusion(
-    val: Sequence[LesionSample], outputs: Sequence[Any], *, enabled: bool = True
+    val: Sequence[LesionSample],
+    outputs: Sequence[Any],
+    *,
+    enabled: bool = True,
+    stacked: tuple[FusionModel | None, Mapping[str, Any]] | None = None,
 ) -> tuple[FusionModel | None, list[Any], dict[str, Any]]:
-    """Outline-feature fusion fitted cross-fitted on validation (:func:`models.fusion.choose_fusion`).
+    """Outline-feature fusion for the network whose validation ``outputs`` these are.
+
+    With ``stacked`` (a fusion fitted on cross-validation's held-out lesions and its report,
+    :func:`models.fusion.fit_stacked`), that fusion is judged on validation, which it never saw
+    (:func:`models.fusion.judge_fusion`); otherwise one is fitted cross-fitted on validation
+    (:func:`models.fusion.choose_fusion`).
 
     Returns:
-        the fusion (None when off or not better out of fold), the validation outputs carrying
-        the logits to calibrate with (cross-fitted fused ones when the fusion is used), and the
+        the fusion (None when off or not better than the network), the validation outputs
+        carrying the logits to calibrate with (fused ones when the fusion is used), and the
         report of the choice.
     """
     if not enabled:
@@ -145,9 +154,14 @@ def fit_fusion(
         [feature_vector(s.image, o.mask) for s, o in zip(val, outputs, strict=True)]
     )
     logits = np.array([o.malignancy_logit for o in outputs])
-    fusion, fused, report = choose_fusion(
-        features, logits, np.array([s.label for s in val]), [s.group_id for s in val]
-    )
+    y = np.array([s.label for s in val])
+    if stacked is not None and stacked[0] is not None:
+        model, stacked_report = stacked
+        used, fused, judged = judge_fusion(model, features, logits, y)
+        fusion = model if used else None
+        report = {**stacked_report, **judged}
+    else:
+        fusion, fused, report = choose_fusion(features, logits, y, [s.group_id for s in val])
     if fusion is None:
         return None, list(outputs), report
     replaced = [
@@ -181,6 +195,7 @@ def package_bundle(
     locked: LockedTestSet | None = None,
     progress: bool = False,
     calibration: FittedCalibration | None = None,
+    stacked_fusion: tuple[FusionModel | None, Mapping[str, Any]] | None = None,
 ) -> BundleMetadata:
     """Write ``out/`` as a complete bundle and return its metadata.
 
@@ -196,6 +211,8 @@ def package_bundle(
         locked: the locked test set to score it on.
         progress: show progress bars.
         calibration: temperature, modes and descriptor sources fitted elsewhere (federated).
+        stacked_fusion: an outline fusion fitted on cross-validation's held-out lesions, with
+            its report, to judge on ``val`` instead of fitting one there (:func:`fit_fusion`).
 
     Raises:
         ExportError: ONNX export failed.
@@ -227,7 +244,7 @@ def package_bundle(
         fusion = None
     else:
         temperature, points, sources, metrics, fusion = _calibrate_on(
-            val, onnx_model, config, progress
+            val, onnx_model, config, progress, stacked_fusion
         )
     return _finish(
         out, onnx_model, version=version, parent_version=parent_version, temperature=temperature,
@@ -237,12 +254,18 @@ def package_bundle(
 
 
 def _calibrate_on(
-    val: Sequence[LesionSample], onnx_model: OnnxLesionModel, config: TrainConfig, progress: bool
+    val: Sequence[LesionSample],
+    onnx_model: OnnxLesionModel,
+    config: TrainConfig,
+    progress: bool,
+    stacked_fusion: tuple[FusionModel | None, Mapping[str, Any]] | None = None,
 ) -> tuple[float, Any, dict[str, str], dict[str, Any], FusionModel | None]:
     """Temperature, modes, descriptor sources, validation metrics and fusion on validation cases."""
     outputs = evaluation.analyse_all(val, onnx_model.analyze, progress=progress, desc="validation")
     y = np.array([s.label for s in val])
-    fusion, outputs, fusion_report = fit_fusion(val, outputs, enabled=config.fusion)
+    fusion, outputs, fusion_report = fit_fusion(
+        val, outputs, enabled=config.fusion, stacked=stacked_fusion
+    )
     logits = np.array([o.malignancy_logit for o in outputs])
     try:
         temperature, calibration_note = fit_temperature(logits, y), "temperature fit on validation"

@@ -117,7 +117,9 @@ def cross_validate(
 
     Returns:
         ``{"summary": summarise_folds(...), "per_fold": [...], "out_of_fold": {...}}``; the
-        out-of-fold part holds each held-out lesion's case id, label, site, logit and mask.
+        out-of-fold part holds each held-out lesion's case id, label, site, group, logit, mask
+        and the fusion features of that mask (:func:`models.fusion.feature_vector`), what a
+        stacked fusion is fitted on (:func:`models.fusion.fit_stacked`).
     """
     import tempfile
     from pathlib import Path
@@ -125,11 +127,14 @@ def cross_validate(
     from models import metrics
     from models.evaluation import analyse_all
     from models.export import export_onnx
+    from models.fusion import feature_vector
     from models.inference import OnnxLesionModel
     from models.samples import split_by_group
     from models.train import train_model
 
-    rows, oof = [], {"case_id": [], "label": [], "site_id": [], "logit": [], "mask": []}
+    keys = ("case_id", "label", "site_id", "group_id", "logit", "mask", "features")
+    rows: list[dict[str, float | None]] = []
+    oof: dict[str, list[Any]] = {key: [] for key in keys}
     for fold, (rest, held) in enumerate(group_kfold(samples, k, seed)[:max_folds]):
         train, val = split_by_group(rest, val_fraction, config.seed + 1 + fold)
         result = train_model(train, val, dataclasses.replace(config), progress=progress)
@@ -153,6 +158,10 @@ def cross_validate(
         oof["case_id"] += [s.case_id for s in held]
         oof["label"] += y.tolist()
         oof["site_id"] += sites.tolist()
+        oof["group_id"] += [s.group_id for s in held]
         oof["logit"] += logits.tolist()
         oof["mask"] += [o.mask for o in outputs]
+        oof["features"] += [
+            feature_vector(s.image, o.mask) for s, o in zip(held, outputs, strict=True)
+        ]
     return {"summary": summarise_folds(rows), "per_fold": rows, "out_of_fold": oof}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from skimage.draw import disk, ellipse, polygon
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from models import fusion as F
 from models.data import synthetic_lesions
@@ -149,3 +150,63 @@ def test_fused_logits_agree_between_onnx_and_pytorch(tmp_path) -> None:
         b = model.apply(s.image, analyze_image(s.image, s.seed, config.spec, runner, onnx.heads))
         assert np.array_equal(a.mask, b.mask)
         assert a.malignancy_logit == pytest.approx(b.malignancy_logit, abs=1e-3)
+
+
+def test_a_stacked_fusion_is_fitted_on_held_out_lesions_and_reports_them_per_site() -> None:
+    features, logit, y, groups = _data(n=400)
+    sites = ["a" if i % 3 else "b" for i in range(len(y))]
+    model, report = F.fit_stacked(features, logit, y, groups, sites)
+    x = np.column_stack([features, logit])
+    assert model == F.FusionModel.fit(x, y, report["penalty"])  # every row, the chosen penalty
+    assert report["fitted_on"] == "out-of-fold" and report["cases"] == 400
+    expected = F.cross_fitted_logits(x, y, groups, report["penalty"], k=5, seed=0)
+    assert report["cv_auc_fused_cross_fitted"] == pytest.approx(
+        roc_auc_score(y, expected), abs=1e-4
+    )
+    # the features carry signal the logit lacks, so the fusion beats the network out of fold
+    assert report["cv_auc_fused_cross_fitted"] > report["cv_auc_network"] + 0.05
+    assert set(report["per_site"]) == {"a", "b"}
+    assert sum(row["cases"] for row in report["per_site"].values()) == 400
+    none, why = F.fit_stacked(features[:6], logit[:6], y[:6], groups[:6], sites[:6])
+    assert none is None and "too few" in why["reason"]
+
+
+def test_a_stacked_fusion_ships_only_when_it_beats_the_network_on_unseen_validation() -> None:
+    features, logit, y, groups = _data(n=400)
+    model, _ = F.fit_stacked(features, logit, y, groups, ["a"] * len(y))
+    val_features, val_logit, val_y, _ = _data(n=200, seed=1)  # new patients, same world
+    used, logits, report = F.judge_fusion(model, val_features, val_logit, val_y)
+    assert used and report["auc_fused"] > report["auc_network"]
+    np.testing.assert_allclose(logits, model.logits(np.column_stack([val_features, val_logit])))
+    # a fusion fitted on the opposite labels loses to the network: the network's logits remain
+    wrong = F.FusionModel.fit(np.column_stack([features, logit]), 1.0 - y, 1.0)
+    used, logits, report = F.judge_fusion(wrong, val_features, val_logit, val_y)
+    assert not used and report["auc_fused"] < report["auc_network"]
+    np.testing.assert_array_equal(logits, val_logit)
+    used, _, report = F.judge_fusion(model, val_features, val_logit, np.zeros_like(val_y))
+    assert not used and "one class" in report["reason"]
+
+
+def test_the_stacked_fit_leaves_the_judging_cases_out() -> None:
+    from models.central import stacked_fusion
+
+    features, logit, y, groups = _data(n=300)
+    oof = {
+        "site_id": ["a"] * 150 + ["b"] * 150,
+        "case_id": [f"c{i % 150}" for i in range(300)],  # case ids repeat across sites
+        "group_id": groups,
+        "label": y.tolist(),
+        "logit": logit.tolist(),
+        "features": list(features),
+    }
+    left_out = {("a", f"c{i}") for i in range(40)} | {("b", "c7")}
+    model, report = stacked_fusion(oof, exclude=left_out)
+    keep = np.array(
+        [(s, c) not in left_out for s, c in zip(oof["site_id"], oof["case_id"], strict=True)]
+    )
+    assert report["cases"] == 259 == keep.sum()
+    again, _ = F.fit_stacked(
+        features[keep], logit[keep], y[keep], [g for g, k in zip(groups, keep, strict=True) if k],
+        ["a"] * 110 + ["b"] * 149,
+    )  # fmt: skip
+    assert model == again

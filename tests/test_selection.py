@@ -10,6 +10,7 @@ import pytest
 
 from models.data import LesionSample, synthetic_lesions
 from models.exceptions import DataError
+from models.fusion import feature_vector
 from models.selection import cross_validate, group_kfold, summarise_folds
 from tests._pipeline import tiny_config
 
@@ -89,3 +90,8 @@ def test_tiny_cross_validation_scores_every_held_out_lesion_once() -> None:
     assert len(result["per_fold"]) == 2
     assert 0.0 <= result["summary"]["auc"]["mean"] <= 1.0
     assert all(m.shape == (72, 80) for m in oof["mask"])
+    by_id = {s.case_id: s for s in samples}
+    assert oof["group_id"] == [by_id[c].group_id for c in oof["case_id"]]
+    for case_id, mask, features in zip(oof["case_id"], oof["mask"], oof["features"], strict=True):
+        expected = feature_vector(by_id[case_id].image, mask)  # what a stacked fusion fits on
+        np.testing.assert_array_equal(features, expected)
