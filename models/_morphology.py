@@ -200,6 +200,26 @@ def uniform_filter1d_wrap(values: NDArray, size: int) -> NDArray[np.float64]:
     return np.convolve(padded, np.full(size, 1.0 / size), mode="valid")
 
 
+def _dilate_axis0(values: NDArray[np.bool_], k: int) -> NDArray[np.bool_]:
+    """OR over the window ``[i - k, i + k]`` along axis 0 (outside the array: False).
+
+    The array is padded with ``k`` False rows on each side; ORing it with itself shifted by
+    1, 2, 4, ... rows leaves in row ``j`` the OR of the ``span`` rows from ``j``, and one more
+    shifted OR widens that to the ``2k + 1`` rows of the window: ~log2(k) passes over booleans.
+    """
+    n = values.shape[0]
+    width = 2 * k + 1
+    acc = np.zeros((n + 2 * k, *values.shape[1:]), dtype=bool)
+    acc[k : k + n] = values
+    span = 1
+    while 2 * span <= width:
+        acc[:-span] |= acc[span:]
+        span *= 2
+    if span < width:
+        return acc[:n] | acc[width - span : width - span + n]
+    return acc[:n].copy()
+
+
 def square_dilate(mask: NDArray, k: int) -> NDArray[np.bool_]:
     """Pixels within chessboard distance ``k`` of a True pixel (a (2k+1)-square dilation).
 
@@ -209,18 +229,8 @@ def square_dilate(mask: NDArray, k: int) -> NDArray[np.bool_]:
     out = np.asarray(mask, dtype=bool)
     if k <= 0:
         return out.copy()
-    for axis in (0, 1):
-        # window sums from a cumulative sum padded with k zeros before and k copies of the
-        # total after: window i is padded[i + 2k + 1] - padded[i], two shifted views
-        n = out.shape[axis]
-        counts = np.cumsum(out, axis=axis, dtype=np.int32)
-        moved = np.moveaxis(counts, axis, 0)
-        padded = np.empty((n + 2 * k + 1, *moved.shape[1:]), dtype=np.int32)
-        padded[: k + 1] = 0
-        padded[k + 1 : k + 1 + n] = moved
-        padded[k + 1 + n :] = moved[-1]
-        out = np.moveaxis(padded[2 * k + 1 :] > padded[:n], 0, axis)
-    return np.ascontiguousarray(out)
+    rows = _dilate_axis0(out, k)
+    return np.ascontiguousarray(_dilate_axis0(rows.T, k).T)
 
 
 def max_chessboard_depth(mask: NDArray, limit: int | None = None) -> int:

@@ -375,12 +375,13 @@ class _Region:
                 f"expected a 2-D image and a mask of the same shape; got {image.shape} and "
                 f"{mask.shape}"
             )
-        rows, cols = np.nonzero(mask)
-        if rows.size < 9:
-            raise MaskError(f"the mask has {rows.size} lesion pixels; at least 9 are needed")
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        count = int(np.count_nonzero(mask))
+        if count < 9:
+            raise MaskError(f"the mask has {count} lesion pixels; at least 9 are needed")
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         height, width = r1 - r0, c1 - c0
-        radius = math.sqrt(rows.size / math.pi)
+        radius = math.sqrt(count / math.pi)
         side = math.ceil(max(width / 2, radius * (SURROUND_GAP_FRACTION + SURROUND_FRACTION)))
         top = math.ceil(radius * (SURROUND_GAP_FRACTION + SURROUND_FRACTION)) + 2
         below = math.ceil(height * POSTERIOR_DEPTH_FRACTION) + 2
@@ -454,7 +455,11 @@ class _Region:
         return out
 
     def outside_within(self, t: float) -> NDArray[np.bool_]:
-        return morph.square_dilate(self.mask, math.floor(t)) & ~self.mask
+        k = math.floor(t)
+        out = np.zeros(self.mask.shape, dtype=bool)
+        near = self.box(k)  # every pixel within k of the lesion (the rest stays False)
+        out[near] = morph.square_dilate(self.mask[near], k) & ~self.mask[near]
+        return out
 
     @cached_property
     def ring(self) -> float:

@@ -1,5 +1,5 @@
-"""Training losses: Dice + BCE for the mask, weighted BCE/focal for malignancy, masked CE for
-descriptors, and the FedProx proximal term."""
+"""Training losses: Dice + BCE for the mask (the BCE optionally weighted towards the outline),
+weighted BCE/focal for malignancy, masked CE for descriptors, and the FedProx proximal term."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ from models.data import IGNORE_INDEX
 from models.exceptions import ConfigError
 from models.network import OUTPUT_MALIGNANCY, OUTPUT_MASK, descriptor_output
 
-__all__ = ["LesionLoss", "malignancy_loss", "masked_cross_entropy", "proximal_term"]
+__all__ = [
+    "LesionLoss",
+    "boundary_band",
+    "malignancy_loss",
+    "masked_cross_entropy",
+    "proximal_term",
+    "weighted_mask_bce",
+]
+
+BOUNDARY_RADIUS = 2
+"""Half-width (crop pixels) of the band around the true outline that ``boundary_weight``
+up-weights: about 3 % of a 64-pixel crop framed at twice the lesion's extent."""
 
 
 def malignancy_loss(
@@ -55,6 +66,37 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return total / count.clamp(min=1)
 
 
+def boundary_band(target: torch.Tensor, radius: int = BOUNDARY_RADIUS) -> torch.Tensor:
+    """Pixels within ``radius`` (chessboard) of the mask's outline, on either side, as 0/1.
+
+    Args:
+        target: (N, 1, S, S) 0/1 masks.
+        radius: half-width of the band in pixels.
+
+    Returns:
+        (N, 1, S, S) float band (empty for an all-background or all-lesion crop).
+    """
+    size = 2 * radius + 1
+    dilated = F.max_pool2d(target, size, stride=1, padding=radius)
+    eroded = -F.max_pool2d(-target, size, stride=1, padding=radius)
+    return dilated - eroded
+
+
+def weighted_mask_bce(
+    logits: torch.Tensor, target: torch.Tensor, boundary_weight: float = 0.0
+) -> torch.Tensor:
+    """BCE of the mask, each pixel weighted ``1 + boundary_weight`` in the outline's band.
+
+    The weights are normalised to mean 1 per batch, so the loss keeps plain BCE's scale and only
+    its emphasis moves to the outline, where Dice is won or lost.
+    """
+    if boundary_weight <= 0:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    weights = 1.0 + boundary_weight * boundary_band(target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * weights).sum() / weights.sum()
+
+
 def proximal_term(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """FedProx term ``||w - w_global||^2 / 2`` over the trainable parameters (times mu outside).
 
@@ -82,6 +124,8 @@ class LesionLoss(nn.Module):
         descriptor_weight: weight of the summed descriptor losses (divided by the head count).
         pos_weight: positive-class weight of the malignancy BCE.
         focal_gamma: focal exponent of the malignancy loss (0 = BCE).
+        boundary_weight: extra BCE weight of the pixels near the true outline
+            (:func:`weighted_mask_bce`; 0 = plain BCE).
 
     Raises:
         ConfigError: a negative weight.
@@ -95,16 +139,21 @@ class LesionLoss(nn.Module):
         descriptor_weight: float = 0.3,
         pos_weight: float = 1.0,
         focal_gamma: float = 0.0,
+        boundary_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if min(mask_weight, malignancy_weight, descriptor_weight, pos_weight, focal_gamma) < 0:
-            raise ConfigError("loss weights, pos_weight and focal_gamma must be non-negative")
+        weights = (mask_weight, malignancy_weight, descriptor_weight, pos_weight, focal_gamma)
+        if min(*weights, boundary_weight) < 0:
+            raise ConfigError(
+                "loss weights, pos_weight, focal_gamma and boundary_weight must be non-negative"
+            )
         self.heads = tuple(heads)
         self.mask_weight = mask_weight
         self.malignancy_weight = malignancy_weight
         self.descriptor_weight = descriptor_weight
         self.pos_weight = pos_weight
         self.focal_gamma = focal_gamma
+        self.boundary_weight = boundary_weight
         self.dice = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)
 
     def forward(
@@ -121,8 +170,8 @@ class LesionLoss(nn.Module):
         """
         mask_logits = outputs[OUTPUT_MASK]
         target = batch["mask"]
-        mask = self.dice(mask_logits, target) + F.binary_cross_entropy_with_logits(
-            mask_logits, target
+        mask = self.dice(mask_logits, target) + weighted_mask_bce(
+            mask_logits, target, self.boundary_weight
         )
         malig = malignancy_loss(
             outputs[OUTPUT_MALIGNANCY], batch["label"], self.pos_weight, self.focal_gamma

@@ -54,6 +54,7 @@ def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     values = dict(values)
     values.pop("operating_margin", None)  # older bundles: thresholds by a fixed margin
     values.setdefault("encoder", "residual")  # bundles made before the encoder choice existed
+    values.setdefault("boundary_weight", 0.0)  # ... and before the outline-weighted mask BCE
     values["spec"] = RoiSpec.from_json(json.dumps(values["spec"]))
     values["augmentation"] = RoiAugmentation(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in values["augmentation"].items()}

@@ -63,6 +63,8 @@ class TrainConfig:
         spec: crop geometry and two-pass inference settings (travels with the weights).
         augmentation: ROI and intensity augmentation strengths.
         mask_weight: weight of the mask loss.
+        boundary_weight: extra weight of the mask BCE near the true outline
+            (:func:`models.losses.weighted_mask_bce`; 0 = plain BCE).
         malignancy_weight: weight of the malignancy loss.
         descriptor_weight: weight of the descriptor losses.
         pos_weight: malignancy positive-class weight; None = ``n_benign / n_malignant`` of the
@@ -102,6 +104,7 @@ class TrainConfig:
     spec: RoiSpec = field(default_factory=RoiSpec)
     augmentation: RoiAugmentation = field(default_factory=RoiAugmentation)
     mask_weight: float = 1.0
+    boundary_weight: float = 0.0
     malignancy_weight: float = 1.0
     descriptor_weight: float = 0.3
     pos_weight: float | None = None
@@ -253,6 +256,7 @@ def _loss_fn(model: LesionNet, samples: Sequence[LesionSample], config: TrainCon
         descriptor_weight=config.descriptor_weight,
         pos_weight=_pos_weight(samples, config),
         focal_gamma=config.focal_gamma,
+        boundary_weight=config.boundary_weight,
     )
 
 

@@ -18,7 +18,14 @@ from models.data import (
 )
 from models.exceptions import ConfigError, DataError, StateDictError
 from models.geometry import RoiSpec
-from models.losses import LesionLoss, malignancy_loss, masked_cross_entropy, proximal_term
+from models.losses import (
+    LesionLoss,
+    boundary_band,
+    malignancy_loss,
+    masked_cross_entropy,
+    proximal_term,
+    weighted_mask_bce,
+)
 from models.network import LesionNet, descriptor_output, weights_mb
 from models.packaging import config_from_dict
 from models.train import (
@@ -155,6 +162,33 @@ def test_losses() -> None:
     }
     parts = loss(out, batch)
     assert torch.isfinite(parts["total"]) and parts["descriptors"].item() == 0.0
+
+
+def test_boundary_band_and_weighted_mask_bce() -> None:
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1.0
+    band = boundary_band(target, radius=2)[0, 0]
+    rows = torch.arange(16)[:, None].expand(16, 16)
+    cols = torch.arange(16)[None, :].expand(16, 16)
+    # chessboard distance to the square's outline (between pixels 3|4 and 11|12), both sides
+    inside = torch.minimum(torch.minimum(rows - 4, 11 - rows), torch.minimum(cols - 4, 11 - cols))
+    outside = torch.maximum(torch.maximum(4 - rows, rows - 11), torch.maximum(4 - cols, cols - 11))
+    expected = torch.where(target[0, 0] > 0, inside < 2, outside <= 2).float()
+    assert torch.equal(band, expected)
+    assert boundary_band(torch.zeros(1, 1, 8, 8)).sum() == 0  # no lesion, no outline
+    plain = torch.nn.functional.binary_cross_entropy_with_logits
+    logits = torch.randn(1, 1, 16, 16)
+    assert torch.isclose(weighted_mask_bce(logits, target), plain(logits, target))
+    # errors only on the outline weigh more than the same errors far from it
+    wrong_at_edge = torch.where(band > 0, -4.0 * (2 * target - 1), 4.0 * (2 * target - 1))
+    wrong_far = torch.where(band > 0, 4.0 * (2 * target - 1), -4.0 * (2 * target - 1))
+    edge, far = (
+        weighted_mask_bce(wrong_at_edge, target, 3.0),
+        weighted_mask_bce(wrong_far, target, 3.0),
+    )
+    assert edge > plain(wrong_at_edge, target) and far < plain(wrong_far, target)
+    with pytest.raises(ConfigError, match="boundary_weight"):
+        LesionLoss(boundary_weight=-1.0)
 
 
 def test_state_dict_round_trip() -> None:
