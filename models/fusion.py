@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from models.descriptors import FEATURE_NAMES, lesion_features
 from models.exceptions import MaskError, ModelError
+from models.metrics import auc
 
 __all__ = [
     "FUSION_FEATURES",
@@ -242,12 +243,6 @@ def _log_loss(y: NDArray, z: NDArray) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
-def _auc(y: NDArray, s: NDArray) -> float:
-    from sklearn.metrics import roc_auc_score  # vendor side only: the console never fits
-
-    return float(roc_auc_score(y, s))
-
-
 def _best_penalty(x: NDArray, y: NDArray, groups: Sequence[str], k: int, seed: int) -> float:
     """The ridge penalty with the lowest cross-fitted log-loss."""
     losses = {
@@ -288,8 +283,8 @@ def choose_fusion(
     penalty = _best_penalty(x, y, groups, k, seed)
     fused = cross_fitted_logits(x, y, groups, penalty, k=k, seed=seed)
     report = {
-        "auc_network": round(_auc(y, logits), 4),
-        "auc_fused_cross_fitted": round(_auc(y, fused), 4),
+        "auc_network": round(auc(y, logits), 4),
+        "auc_fused_cross_fitted": round(auc(y, fused), 4),
         "penalty": penalty,
         "cases": len(y),
         "folds": k,
@@ -341,8 +336,8 @@ def fit_stacked(
         "fitted_on": "out-of-fold",
         "cases": len(y),
         "penalty": penalty,
-        "cv_auc_network": round(_auc(y, logits), 4),
-        "cv_auc_fused_cross_fitted": round(_auc(y, fused), 4),
+        "cv_auc_network": round(auc(y, logits), 4),
+        "cv_auc_fused_cross_fitted": round(auc(y, fused), 4),
         "per_site": {},
     }
     site_of = np.asarray(sites)
@@ -351,8 +346,8 @@ def fit_stacked(
         if len(np.unique(y[chosen])) == 2:
             report["per_site"][site] = {
                 "cases": int(chosen.sum()),
-                "auc_network": round(_auc(y[chosen], logits[chosen]), 4),
-                "auc_fused_cross_fitted": round(_auc(y[chosen], fused[chosen]), 4),
+                "auc_network": round(auc(y[chosen], logits[chosen]), 4),
+                "auc_fused_cross_fitted": round(auc(y[chosen], fused[chosen]), 4),
             }
     return FusionModel.fit(x, y, penalty), report
 
@@ -373,8 +368,8 @@ def judge_fusion(
     fused = model.logits(np.column_stack([np.asarray(features, dtype=np.float64), logits]))
     report = {
         "validation_cases": len(y),
-        "auc_network": round(_auc(y, logits), 4),
-        "auc_fused": round(_auc(y, fused), 4),
+        "auc_network": round(auc(y, logits), 4),
+        "auc_fused": round(auc(y, fused), 4),
     }
     used = report["auc_fused"] > report["auc_network"]
     return used, (fused if used else logits), {**report, "used": used}

@@ -168,6 +168,21 @@ class ReliabilityBins:
     fraction_positive: NDArray[np.float64]
 
 
+def auc(y_true: ArrayLike, score: ArrayLike) -> float:
+    """ROC AUC point estimate (``sklearn.metrics.roc_auc_score``); NaN when a class is missing.
+
+    Raises:
+        MetricInputError: labels not 0/1, lengths differ, non-finite scores.
+    """
+    y = _labels(y_true)
+    s = _scores(score, len(y))
+    if y.min() == y.max():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score  # lazily: the console's report imports this module
+
+    return float(roc_auc_score(y, s))
+
+
 def auc_with_ci(
     y_true: ArrayLike,
     score: ArrayLike,
@@ -202,9 +217,7 @@ def auc_with_ci(
         return AucResult(None, None, None, n_pos, n_neg, ONE_CLASS)
     pos, neg = _stratified_indices(y, n_bootstrap, seed)
     low, high = _interval(_bootstrap_aucs(s, pos, neg), confidence)
-    from sklearn.metrics import roc_auc_score  # lazily: the console's report imports this module
-
-    return AucResult(float(roc_auc_score(y, s)), low, high, n_pos, n_neg)
+    return AucResult(auc(y, s), low, high, n_pos, n_neg)
 
 
 def paired_auc_difference(
@@ -244,9 +257,7 @@ def paired_auc_difference(
     pos, neg = _stratified_indices(y, n_bootstrap, seed)
     deltas = _bootstrap_aucs(b, pos, neg) - _bootstrap_aucs(a, pos, neg)
     low, high = _interval(deltas, confidence)
-    from sklearn.metrics import roc_auc_score
-
-    auc_a, auc_b = float(roc_auc_score(y, a)), float(roc_auc_score(y, b))
+    auc_a, auc_b = auc(y, a), auc(y, b)
     return AucDifference(auc_a, auc_b, auc_b - auc_a, low, high, n_pos, n_neg)
 
 

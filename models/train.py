@@ -23,6 +23,7 @@ from models.exceptions import ConfigError, DataError, StateDictError
 from models.geometry import RoiSpec
 from models.inference import LesionOutput, analyze_image
 from models.losses import LesionLoss, proximal_term
+from models.metrics import auc
 from models.network import OUTPUT_MALIGNANCY, OUTPUT_MASK, LesionNet
 from models.roi import RoiAugmentation
 
@@ -63,8 +64,12 @@ class TrainConfig:
         spec: crop geometry and two-pass inference settings (travels with the weights).
         augmentation: ROI and intensity augmentation strengths.
         mask_weight: weight of the mask loss.
-        boundary_weight: extra weight of the mask BCE near the true outline
-            (:func:`models.losses.weighted_mask_bce`; 0 = plain BCE).
+        boundary_weight: extra weight of the mask BCE within 2 crop pixels of the true outline
+            (:func:`models.losses.weighted_mask_bce`; 0 = plain BCE). The real recipe's 3
+            (those pixels weigh 4x): bench.model's 3 group-disjoint CV folds at the full recipe,
+            paired with plain BCE, Dice 0.853 +- 0.004 against 0.834 +- 0.022 (higher in every
+            fold), AUC 0.870 against 0.861, stacked-fusion AUC on the 1415 held-out lesions
+            0.871 against 0.854. The phantom pins 0 (not measured there).
         malignancy_weight: weight of the malignancy loss.
         descriptor_weight: weight of the descriptor losses.
         pos_weight: malignancy positive-class weight; None = ``n_benign / n_malignant`` of the
@@ -104,7 +109,7 @@ class TrainConfig:
     spec: RoiSpec = field(default_factory=RoiSpec)
     augmentation: RoiAugmentation = field(default_factory=RoiAugmentation)
     mask_weight: float = 1.0
-    boundary_weight: float = 0.0
+    boundary_weight: float = 3.0
     malignancy_weight: float = 1.0
     descriptor_weight: float = 0.3
     pos_weight: float | None = None
@@ -380,14 +385,6 @@ def _run_epoch(
     return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
 @torch.inference_mode()
 def _validate(model: LesionNet, loader: DataLoader, loss_fn: LesionLoss) -> dict[str, float]:
     model.eval()
@@ -408,7 +405,7 @@ def _validate(model: LesionNet, loader: DataLoader, loss_fn: LesionLoss) -> dict
     y, s = np.concatenate(labels), np.concatenate(scores)
     return {
         "val_loss": loss_sum / max(count, 1),
-        "val_auc": _auc(y, s),
+        "val_auc": auc(y, s),
         "val_dice": float(np.concatenate(dices).mean()),
     }
 

@@ -47,6 +47,16 @@ def test_one_class_gives_no_auc_with_a_reason() -> None:
     assert result.auc is None and result.ci_low is None and result.reason == M.ONE_CLASS
 
 
+def test_point_auc_counts_pairs_and_is_nan_for_one_class() -> None:
+    y, s = np.array([0, 0, 1, 1, 0]), np.array([0.1, 0.7, 0.7, 0.9, 0.3])
+    # malignant-benign pairs: 0.7 vs (0.1, 0.7, 0.3) = 2.5, 0.9 vs all three = 3, of 6 pairs
+    assert M.auc(y, s) == pytest.approx(5.5 / 6)
+    assert M.auc(y.astype(float), s) == M.auc(y, s)  # labels as 0.0 / 1.0 floats
+    assert np.isnan(M.auc([1, 1], [0.2, 0.4]))
+    with pytest.raises(MetricInputError, match="finite"):
+        M.auc([0, 1], [0.2, float("nan")])
+
+
 def test_paired_difference_of_a_model_with_itself_is_zero() -> None:
     y, p = _cases(200)
     result = M.paired_auc_difference(y, p, p)
