@@ -76,7 +76,11 @@ class TrainConfig:
             training set.
         focal_gamma: focal exponent of the malignancy loss (0 = weighted BCE).
         seed: seed of weights, data order and augmentation.
-        patience: epochs without improvement of the monitored value before stopping.
+        patience: epochs without improvement of the monitored value before stopping; None: every
+            epoch runs (the best one is kept either way). The real recipe runs every epoch: its
+            one-cycle schedule anneals over the last epochs, and with patience 8 a final network
+            stopped at epoch 25 of 30 (best 16) while its validation AUC swung between 0.79 and
+            0.89 from epoch to epoch; bench.recipes compares recipes without early stopping.
         monitor: ``score`` (mean of validation AUC and Dice), ``auc`` or ``loss``.
         num_threads: torch CPU threads.
         proximal_mu: FedProx ``mu`` used when ``proximal_to`` weights are given.
@@ -115,7 +119,7 @@ class TrainConfig:
     pos_weight: float | None = None
     focal_gamma: float = 0.0
     seed: int = 0
-    patience: int = 8
+    patience: int | None = None
     monitor: Literal["score", "auc", "loss"] = "score"
     num_threads: int = 2
     proximal_mu: float = 0.0
@@ -132,8 +136,10 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}")
         if self.monitor not in ("score", "auc", "loss"):
             raise ConfigError(f"unknown monitor {self.monitor!r}")
-        if self.proximal_mu < 0 or self.weight_decay < 0 or self.patience < 1:
-            raise ConfigError("proximal_mu and weight_decay >= 0, patience >= 1")
+        if self.proximal_mu < 0 or self.weight_decay < 0:
+            raise ConfigError("proximal_mu and weight_decay must be non-negative")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be at least 1 (or None), got {self.patience}")
         if self.operating_confidence is not None and not 0 < self.operating_confidence < 1:
             raise ConfigError(
                 f"operating_confidence must lie in (0, 1), got {self.operating_confidence}"
@@ -639,7 +645,8 @@ def train_model(
         epochs.set_postfix(auc=f"{row['val_auc']:.3f}", dice=f"{row['val_dice']:.3f}")
         if on_epoch is not None:
             on_epoch(row)
-        if epoch - best_epoch >= config.patience or schedule.done:
+        stalled = config.patience is not None and epoch - best_epoch >= config.patience
+        if stalled or schedule.done:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
