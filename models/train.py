@@ -77,7 +77,7 @@ class TrainConfig:
         focal_gamma: focal exponent of the malignancy loss (0 = weighted BCE).
         seed: seed of weights, data order and augmentation.
         patience: epochs without improvement of the monitored value before stopping; None: every
-            epoch runs (the best one is kept either way). The real recipe runs every epoch: its
+            epoch runs (``monitor`` picks the kept one). The real recipe runs every epoch: its
             one-cycle schedule anneals over the last epochs, and with patience 8 a final network
             stopped at epoch 25 of 30 (best 16) while its validation AUC swung between 0.79 and
             0.89 from epoch to epoch; bench.recipes compares recipes without early stopping.
