@@ -423,7 +423,9 @@ def _validate(model: LesionNet, loader: DataLoader, loss_fn: LesionLoss) -> dict
 
 
 def _monitor_value(metrics: Mapping[str, float], monitor: str) -> float:
-    """Higher is better."""
+    """Higher is better (``last``: the later epoch)."""
+    if monitor == "last":
+        return float(metrics["epoch"])
     if monitor == "loss" or math.isnan(metrics["val_auc"]):
         return -metrics["val_loss"]
     if monitor == "auc":
@@ -644,7 +646,7 @@ def train_model(
         row["lr"] = optimizer.param_groups[0]["lr"]
         history.append(row)
         value = _monitor_value(row, config.monitor)
-        if value > best_value or config.monitor == "last":
+        if value > best_value:
             best_value, best_epoch = value, epoch
             best_state = copy.deepcopy(scored.state_dict())
             best_metrics = {k: v for k, v in row.items() if k.startswith("val_")}

@@ -224,6 +224,13 @@ def test_tiny_training_reduces_loss_and_predicts(samples: list[LesionSample]) ->
         assert sum(p.descriptor_probs["shape"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_monitor_last_keeps_the_final_epoch(samples: list[LesionSample]) -> None:
+    config = TrainConfig(**{**FAST.__dict__, "monitor": "last", "patience": None})
+    result = train_model(samples[:16], samples[16:24], config, progress=False)
+    assert len(result.history) == 2 and result.best_epoch == 1
+    assert result.best_metrics["val_loss"] == result.history[-1]["val_loss"]
+
+
 def test_train_epochs_is_reproducible_and_proximal_pulls_to_global(
     samples: list[LesionSample],
 ) -> None:
