@@ -7,7 +7,9 @@ to report JSON) with onnxruntime and with PyTorch eager, 2 threads each, side by
 
     python -m bench.model --data ../shared/data --out bench/results
 
-Writes ``<out>/model.json`` and ``<out>/model.md``.
+Writes ``<out>/model.json`` and ``<out>/model.md``; keeps the bundle in ``<work>/central`` and
+the cross-validation's fold networks in ``<work>/cv`` (``fold<i>.onnx`` and ``folds.json``, each
+fold's held-out case ids), so inference settings can be compared paired without training again.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def main() -> None:
         start = time.perf_counter()
         cv = cross_validate(
             samples_from_registries(registries), config, k=args.cv_folds, seed=args.seed,
-            progress=True,
+            progress=True, keep=args.work / "cv",
         )  # fmt: skip
         cross_validation = {
             **cv["summary"],

@@ -9,11 +9,14 @@ no near-copy of an image is ever on both sides of a fold.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data_registry.files import write_atomic
 from models.data import LesionSample
 from models.exceptions import DataError
 
@@ -97,6 +100,7 @@ def cross_validate(
     val_fraction: float = 0.15,
     max_folds: int | None = None,
     progress: bool = False,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Score a training recipe by group-disjoint k-fold cross-validation.
 
@@ -114,6 +118,9 @@ def cross_validate(
         max_folds: score only the first this many of the ``k`` folds (a cheaper, noisier
             comparison; None: all).
         progress: show progress bars.
+        keep: a directory to keep each fold's network in (``fold<i>.onnx``) beside
+            ``folds.json``, each fold's held-out case ids: inference settings can then be
+            compared paired, on lesions no fold network trained on, without training again.
 
     Returns:
         ``{"summary": summarise_folds(...), "per_fold": [...], "out_of_fold": {...}}``; the
@@ -122,7 +129,6 @@ def cross_validate(
         stacked fusion is fitted on (:func:`models.fusion.fit_stacked`).
     """
     import tempfile
-    from pathlib import Path
 
     from models import metrics
     from models.evaluation import analyse_all
@@ -135,13 +141,17 @@ def cross_validate(
     keys = ("case_id", "label", "site_id", "group_id", "logit", "mask", "features")
     rows: list[dict[str, float | None]] = []
     oof: dict[str, list[Any]] = {key: [] for key in keys}
+    held_out: list[list[str]] = []
+    if keep is not None:
+        Path(keep).mkdir(parents=True, exist_ok=True)
     for fold, (rest, held) in enumerate(group_kfold(samples, k, seed)[:max_folds]):
         train, val = split_by_group(rest, val_fraction, config.seed + 1 + fold)
         result = train_model(train, val, dataclasses.replace(config), progress=progress)
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(result.model, Path(tmp) / "fold.onnx")
+            path = export_onnx(result.model, Path(keep or tmp) / f"fold{fold}.onnx")
             model = OnnxLesionModel(path, num_threads=config.num_threads)
             outputs = analyse_all(held, model.analyze, progress=progress, desc=f"fold {fold}")
+        held_out.append([s.case_id for s in held])
         y = np.array([s.label for s in held])
         logits = np.array([o.malignancy_logit for o in outputs])
         dice = metrics.dice_scores([o.mask for o in outputs], [s.mask for s in held])
@@ -164,4 +174,7 @@ def cross_validate(
         oof["features"] += [
             feature_vector(s.image, o.mask) for s, o in zip(held, outputs, strict=True)
         ]
+    if keep is not None:
+        folds = {"k": k, "seed": seed, "held_out": held_out}
+        write_atomic(Path(keep) / "folds.json", (json.dumps(folds, indent=1) + "\n").encode())
     return {"summary": summarise_folds(rows), "per_fold": rows, "out_of_fold": oof}

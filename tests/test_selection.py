@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from models.data import LesionSample, synthetic_lesions
 from models.exceptions import DataError
 from models.fusion import feature_vector
+from models.inference import OnnxLesionModel
 from models.selection import cross_validate, group_kfold, summarise_folds
 from tests._pipeline import tiny_config
 
@@ -82,11 +84,21 @@ def test_summary_is_mean_and_sample_sd() -> None:
     assert "x" not in summary
 
 
-def test_tiny_cross_validation_scores_every_held_out_lesion_once() -> None:
+def test_tiny_cross_validation_scores_every_held_out_lesion_once(tmp_path) -> None:
     samples = synthetic_lesions(24, seed=3, size=(72, 80))
-    result = cross_validate(samples, tiny_config(), k=2, seed=0)
+    result = cross_validate(samples, tiny_config(), k=2, seed=0, keep=tmp_path / "cv")
     oof = result["out_of_fold"]
     assert sorted(oof["case_id"]) == sorted(s.case_id for s in samples)
+    kept = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    assert [sorted(ids) for ids in kept["held_out"]] == [
+        sorted(oof["case_id"][: len(kept["held_out"][0])]),
+        sorted(oof["case_id"][len(kept["held_out"][0]) :]),
+    ]
+    for fold, ids in enumerate(kept["held_out"]):  # each kept network scores its fold again
+        network = OnnxLesionModel(tmp_path / "cv" / f"fold{fold}.onnx")
+        case = next(s for s in samples if s.case_id == ids[0])
+        logit = network.analyze(case.image, case.seed).malignancy_logit
+        assert logit == pytest.approx(oof["logit"][oof["case_id"].index(ids[0])], abs=1e-5)
     assert len(result["per_fold"]) == 2
     assert 0.0 <= result["summary"]["auc"]["mean"] <= 1.0
     assert all(m.shape == (72, 80) for m in oof["mask"])
