@@ -207,15 +207,18 @@ def _fallback_extent(views: Sequence[_View], spec: RoiSpec) -> float:
 def _proposals(first: Sequence[_View], spec: RoiSpec) -> list[float]:
     """Distinct extents of the usable first-pass views for the second pass to frame.
 
-    Every distinct one (largest first) when ``spec.pass2_proposals`` is 0; otherwise the
-    ``pass2_proposals`` views framed most like training (extent/half-width nearest the target).
+    Every distinct one (largest first) when ``spec.pass2_proposals`` is 0; otherwise the first
+    ``pass2_proposals`` in ``spec.proposal_order``: the smallest extents, or the views framed
+    most like training (extent/half-width nearest the target).
     """
     usable = [v for v in first if v.usable]
-    if spec.pass2_proposals:
+    if not spec.pass2_proposals:
+        usable.sort(key=lambda v: -v.extent)
+    elif spec.proposal_order == "smallest":
+        usable.sort(key=lambda v: v.extent)
+    else:
         target = math.log(spec.target_ratio)
         usable.sort(key=lambda v: abs(math.log(v.extent / v.half) - target))
-    else:
-        usable.sort(key=lambda v: -v.extent)
     proposals: list[float] = []
     for v in usable:
         if all(abs(math.log(v.extent / p)) > math.log(1.1) for p in proposals):

@@ -226,26 +226,35 @@ def test_the_component_labelled_inside_its_region_is_the_whole_image_one() -> No
         assert np.array_equal(_component_in(mask, seed, (rows, cols)), expected)
 
 
-def test_one_pass2_proposal_frames_the_best_framed_first_pass_view() -> None:
+def test_pass2_proposals_in_order_smallest_whole_lesion_or_best_framing() -> None:
     from models.inference import _proposals, _View
 
-    def view(half: float, extent: float) -> _View:
+    def view(half: float, extent: float, touches: bool = False) -> _View:
         return _View(
-            half, np.eye(2, 3), np.zeros((4, 4)), {}, np.zeros((4, 4), bool), extent, False
+            half, np.eye(2, 3), np.zeros((4, 4)), {}, np.zeros((4, 4), bool), extent, touches
         )
 
     first = [view(10.0, 9.0), view(20.0, 11.0), view(40.0, 14.0)]  # ratios 0.9, 0.55, 0.35
     every = RoiSpec(pass2_proposals=0)
     assert _proposals(first, every) == [14.0, 11.0, 9.0]  # every distinct one, largest first
-    one = RoiSpec(pass2_proposals=1)  # target ratio 1 / context_factor = 0.5
-    assert _proposals(first, one) == [11.0]
-    assert _proposals(first, RoiSpec(pass2_proposals=2)) == [11.0, 14.0]
+    framing = RoiSpec(pass2_proposals=1, proposal_order="framing")  # target ratio 0.5
+    assert _proposals(first, framing) == [11.0]
+    assert _proposals(first, dataclasses.replace(framing, pass2_proposals=2)) == [11.0, 14.0]
+    one = RoiSpec(pass2_proposals=1)  # the smallest whole lesion first
+    assert _proposals(first, one) == [9.0]
+    touching = [view(10.0, 9.0, touches=True), *first[1:]]
+    assert _proposals(touching, one) == [11.0]  # a lesion cut by its crop proposes nothing
+    assert _proposals(first, RoiSpec(pass2_proposals=2)) == [9.0, 11.0]
     assert RoiSpec.from_json(one.to_json()) == one
     old = json.loads(every.to_json())
-    del old["pass2_proposals"]  # a bundle exported before the setting existed
-    assert RoiSpec.from_json(json.dumps(old)) == every != RoiSpec()
+    del old["pass2_proposals"], old["proposal_order"]  # a bundle from before the settings
+    assert RoiSpec.from_json(json.dumps(old)) == dataclasses.replace(
+        every, proposal_order="framing"
+    )
     with pytest.raises(ConfigError):
         RoiSpec(pass2_proposals=-1)
+    with pytest.raises(ConfigError):
+        RoiSpec(proposal_order="largest")
 
 
 def test_a_batch_of_views_is_sampled_as_each_view_alone(image: np.ndarray) -> None:
