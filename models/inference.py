@@ -348,8 +348,8 @@ class OnnxLesionModel:
     One session runs each batch with ``num_threads`` intra-op threads (onnxruntime's default
     spinning workers). Measured on 2 cores with numpy's BLAS held to the calling thread: one
     crop 1.25 ms and two crops 2.2 ms, against 2.1 and 2.7 ms when a batch was split across two
-    single-threaded runs of one session (the previous scheme, chosen while BLAS's own spinning
-    workers still took a core from the network).
+    single-threaded runs of one session (the previous scheme; an earlier session had measured
+    intra-op threads as no faster than one).
 
     Args:
         path: the ``.onnx`` file written by :func:`models.export.export_onnx`.
