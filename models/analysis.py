@@ -153,7 +153,7 @@ class LesionAnalyser:
             InferenceInputError: unusable image or click.
         """
         # numpy's BLAS (the descriptors' Gaussian filters) on this thread only: its own worker
-        # threads spin after each product and took a core from the network's two runs
+        # threads spin after each product and took a core from the network's onnxruntime threads
         # (network p50 6.3 ms with one BLAS thread, 10.1 ms without, back to back on 2 cores)
         with self._blas.limit(limits=1, user_api="blas"):
             return self._analyze(image, seed, Mode(mode), case_id)
