@@ -21,6 +21,7 @@ numpy equivalents of the few functions it needs, checked against the originals i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -46,12 +47,12 @@ __all__ = [
 
 def _runs(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray]:
     """Horizontal runs of True pixels in raster order: (row, start column, end column)."""
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    step = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(step == 1)
-    _, ends = np.nonzero(step == -1)
-    return rows, starts, ends
+    h, w = mask.shape
+    flat = np.zeros(h * (w + 1) + 1, dtype=bool)  # a False before the rows and after each
+    flat[1:].reshape(h, w + 1)[:, :w] = mask
+    edges = np.flatnonzero(flat[1:] != flat[:-1])  # every run's first pixel, then its end
+    rows, starts = np.divmod(edges[0::2], w + 1)
+    return rows, starts, edges[1::2] - rows * (w + 1)
 
 
 def _run_roots(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray, NDArray]:
@@ -165,21 +166,38 @@ _BLOCK = 64
 """Output rows per block of the banded filter product."""
 
 
-def _correlate_rows(values: NDArray[np.float64], weights: NDArray) -> NDArray[np.float64]:
-    """Correlate along axis 0 with a symmetric kernel, reflect mode, as blocked products.
+@functools.lru_cache(maxsize=32)
+def _gaussian_band(sigma: float) -> NDArray[np.float64]:
+    """The banded matrix of :func:`_correlate_rows` for a Gaussian of ``sigma`` (read-only)."""
+    weights = _gaussian_kernel(sigma)
+    radius = len(weights) // 2
+    band = np.zeros((_BLOCK, _BLOCK + 2 * radius))
+    for i in range(_BLOCK):
+        band[i, i : i + 2 * radius + 1] = weights
+    band.flags.writeable = False
+    return band
+
+
+def _correlate_rows(values: NDArray[np.float64], band: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Correlate along axis 0 with the symmetric kernel of ``band``, reflect mode, as blocked
+    products.
 
     Every block of output rows reads the block's rows plus ``radius`` on each side of the
     padded input (scipy's ``reflect`` is numpy's ``symmetric``), through one small banded
     matrix shared by all blocks: BLAS work proportional to the kernel, not to the image.
     """
-    radius = len(weights) // 2
+    radius = (band.shape[1] - _BLOCK) // 2
     n, m = values.shape
     blocks = -(-n // _BLOCK)
-    padded = np.pad(values, [(radius, radius + blocks * _BLOCK - n), (0, 0)], mode="symmetric")
+    if radius <= n:  # one reflection each side (np.pad's generality costs more than the filter)
+        padded = np.empty((blocks * _BLOCK + 2 * radius, m))
+        padded[:radius] = values[:radius][::-1]
+        padded[radius : radius + n] = values
+        padded[radius + n : 2 * radius + n] = values[::-1][:radius]
+        padded[2 * radius + n :] = 0.0  # read only by the rows cut off below
+    else:
+        padded = np.pad(values, [(radius, radius + blocks * _BLOCK - n), (0, 0)], mode="symmetric")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (_BLOCK + 2 * radius, m))
-    band = np.zeros((_BLOCK, _BLOCK + 2 * radius))
-    for i in range(_BLOCK):
-        band[i, i : i + 2 * radius + 1] = weights
     out = np.matmul(band, windows[::_BLOCK, 0])
     return out.reshape(blocks * _BLOCK, m)[:n]
 
@@ -187,9 +205,9 @@ def _correlate_rows(values: NDArray[np.float64], weights: NDArray) -> NDArray[np
 def gaussian_filter(image: NDArray, sigma: float) -> NDArray[np.float64]:
     """Gaussian blur of a 2-D array (``scipy.ndimage.gaussian_filter``, reflect mode, truncate 4)."""
     values = np.asarray(image, dtype=np.float64)
-    weights = _gaussian_kernel(sigma)
-    rows = _correlate_rows(values, weights)
-    return np.ascontiguousarray(_correlate_rows(np.ascontiguousarray(rows.T), weights).T)
+    band = _gaussian_band(float(sigma))
+    rows = _correlate_rows(values, band)
+    return np.ascontiguousarray(_correlate_rows(np.ascontiguousarray(rows.T), band).T)
 
 
 def uniform_filter1d_wrap(values: NDArray, size: int) -> NDArray[np.float64]:
@@ -321,37 +339,10 @@ def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
     src = np.concatenate(seg_from)
     dst = np.concatenate(seg_to)
     sort = np.argsort(np.concatenate(seg_order), kind="stable")
-    src, dst = src[sort].tolist(), dst[sort].tolist()
-    successor = dict(zip(src, dst, strict=True))
-    predecessor = dict(zip(dst, src, strict=True))
-    position = {node: i for i, node in enumerate(src)}
-    seen: set[int] = set()
-    chains = []
-    for start in src:
-        if start in seen:
-            continue
-        head = start  # an open contour starts where nothing leads into it
-        while head in predecessor:
-            head = predecessor[head]
-            if head == start:
-                break
-        chain = [head]
-        seen.add(head)
-        node = head
-        while node in successor:
-            node = successor[node]
-            chain.append(node)
-            if node == head:
-                break
-            seen.add(node)
-        if len(chain) > 2 and chain[-1] == chain[0]:  # closed: start where skimage does,
-            last = max(chain[:-1], key=position.__getitem__)  # after its last segment
-            at = chain.index(last) + 1
-            chain = chain[at:-1] + chain[:at] + [chain[at]]
-        chains.append(chain)
+    src, dst = src[sort], dst[sort]
     out = []
-    for chain in chains:
-        e = np.asarray(chain)
+    for path in _segment_paths(src, dst, nh + h * w):
+        e = np.append(src[path], dst[path[-1]])  # the path's edges, its end included
         horizontal = e < nh
         pts = np.empty((e.size, 2))
         hr, hc = np.divmod(e[horizontal], w - 1)
@@ -362,6 +353,46 @@ def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
         pts[~horizontal, 1] = vc
         out.append(pts)
     return out
+
+
+def _segment_paths(src: NDArray, dst: NDArray, n_edges: int) -> list[list[int]]:
+    """Chain the marching-squares segments ``src[i] → dst[i]`` (in scan order) into contours.
+
+    Every edge starts at most one segment and ends at most one, so the segments form open paths
+    and cycles. They come out in the order of their first segment in scan order, each as its
+    segment indices: an open path from where no segment leads in, a cycle from the segment after
+    its last one in scan order (where scikit-image starts it).
+    """
+    n = src.size
+    lookup = np.full(n_edges + 1, -1, dtype=np.int64)
+    lookup[src] = np.arange(n)
+    following = lookup[dst]
+    led_into = np.zeros(n, dtype=bool)
+    led_into[following[following >= 0]] = True
+    nxt = following.tolist()
+    done = bytearray(n)
+    paths: list[tuple[int, list[int]]] = []
+    for head in np.flatnonzero(~led_into).tolist():  # open contours
+        path = [head]
+        done[head] = 1
+        while (head := nxt[head]) >= 0:
+            path.append(head)
+            done[head] = 1
+        paths.append((min(path), path))
+    for first in range(n):  # the rest are closed
+        if done[first]:
+            continue
+        path = [first]
+        done[first] = 1
+        node = nxt[first]
+        while node != first:
+            path.append(node)
+            done[node] = 1
+            node = nxt[node]
+        at = path.index(max(path)) + 1
+        paths.append((first, path[at:] + path[:at]))
+    paths.sort(key=lambda item: item[0])
+    return [path for _, path in paths]
 
 
 def _hull_chain(points: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -387,7 +418,9 @@ def _hull_chain(points: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def convex_hull(points: NDArray) -> tuple[float, float] | None:
     """Area and perimeter of the convex hull of 2-D points; None when they are collinear."""
-    pts = np.unique(np.asarray(points, dtype=np.float64), axis=0)  # sorted by x then y
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]  # sorted by x then y, duplicates dropped
+    pts = pts[np.concatenate([[True], np.any(pts[1:] != pts[:-1], axis=1)])]
     if len(pts) < 3:
         return None
     hull = np.vstack([_hull_chain(pts)[:-1], _hull_chain(pts[::-1])[:-1]])
