@@ -274,14 +274,11 @@ def max_chessboard_depth(mask: NDArray, limit: int | None = None) -> int:
     return high
 
 
-def _edge_points(image: NDArray[np.float64], level: float) -> tuple[NDArray, NDArray]:
-    """Crossing points on the horizontal and vertical edges between pixel centres."""
-    left, right = image[:, :-1], image[:, 1:]
-    top, bottom = image[:-1, :], image[1:, :]
+def _crossing(low: NDArray[np.float64], high: NDArray[np.float64], level: float) -> NDArray:
+    """Where ``level`` lies between the values at an edge's two ends (0 at the first, 1 at the
+    second; 0 when they are equal)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        fh = np.where(right == left, 0.0, (level - left) / (right - left))
-        fv = np.where(bottom == top, 0.0, (level - top) / (bottom - top))
-    return fh, fv
+        return np.where(high == low, 0.0, (level - low) / (high - low))
 
 
 def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
@@ -294,7 +291,6 @@ def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
     h, w = img.shape
     if h < 2 or w < 2:
         return []
-    fh, fv = _edge_points(img, level)
     ul, ur = img[:-1, :-1] > level, img[:-1, 1:] > level
     ll, lr = img[1:, :-1] > level, img[1:, 1:] > level
     case = ul.astype(np.int8) + 2 * ur + 4 * ll + 8 * lr
@@ -347,9 +343,9 @@ def find_contours(image: NDArray, level: float) -> list[NDArray[np.float64]]:
         pts = np.empty((e.size, 2))
         hr, hc = np.divmod(e[horizontal], w - 1)
         pts[horizontal, 0] = hr
-        pts[horizontal, 1] = hc + fh[hr, hc]
+        pts[horizontal, 1] = hc + _crossing(img[hr, hc], img[hr, hc + 1], level)
         vr, vc = np.divmod(e[~horizontal] - nh, w)
-        pts[~horizontal, 0] = vr + fv[vr, vc]
+        pts[~horizontal, 0] = vr + _crossing(img[vr, vc], img[vr + 1, vc], level)
         pts[~horizontal, 1] = vc
         out.append(pts)
     return out

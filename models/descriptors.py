@@ -207,13 +207,18 @@ def lesion_features(
     image: NDArray[np.uint8],
     mask: NDArray[np.bool_],
     groups: Collection[str] = FEATURE_GROUPS,
+    *,
+    whole: bool = False,
 ) -> dict[str, float]:
     """Shape, margin, intensity, posterior and texture features of one lesion.
 
     Args:
         image: 2-D greyscale B-mode image (uint8; other integer or float types in 0..255 work).
-        mask: 2-D lesion mask of the same shape (non-zero = lesion).
+        mask: 2-D lesion mask of the same shape (non-zero = lesion); its largest 4-connected
+            component with its holes filled is measured.
         groups: the :data:`FEATURE_GROUPS` to compute (default: all of them).
+        whole: the mask already is one 4-connected component without holes (the analyser's
+            masks are), so that step is skipped; the features are the same.
 
     Returns:
         A dict with the keys of :data:`FEATURE_NAMES` (those of ``groups``), all finite floats.
@@ -226,7 +231,7 @@ def lesion_features(
     unknown = set(groups) - set(FEATURE_GROUPS)
     if unknown:
         raise KeyError(f"unknown feature group(s) {sorted(unknown)}; known: {FEATURE_GROUPS}")
-    region = _Region(image, mask)
+    region = _Region(image, mask, whole)
     methods: dict[str, Callable[[], dict[str, float]]] = {
         "moments": region.moment_features,
         "outline": region.outline_features,
@@ -367,7 +372,7 @@ class _Region:
     """The lesion's crop and its masks, shared by the feature groups; each group's intermediate
     results (outline, smoothed image, boundary rings) are computed when first needed."""
 
-    def __init__(self, image: NDArray, mask: NDArray) -> None:
+    def __init__(self, image: NDArray, mask: NDArray, whole: bool = False) -> None:
         image = np.asarray(image)
         mask = np.asarray(mask)
         if image.ndim != 2 or mask.shape != image.shape:
@@ -388,7 +393,9 @@ class _Region:
         self.rows = slice(max(r0 - top, 0), min(r1 + below, image.shape[0]))
         self.cols = slice(max(c0 - side - 2, 0), min(c1 + side + 2, image.shape[1]))
         self.image = image[self.rows, self.cols].astype(np.float64)
-        self.mask = _largest_component(mask[self.rows, self.cols] != 0)
+        self.mask = mask[self.rows, self.cols] != 0
+        if not whole:
+            self.mask = _largest_component(self.mask)
         if self.mask.sum() < 9:  # scattered pixels (an untrained network's mask) have no outline
             raise MaskError(
                 f"the mask's largest region has {int(self.mask.sum())} pixels; at least 9 are needed"
@@ -523,9 +530,8 @@ class _Region:
         edge_out = self.outside_within(EDGE_BAND_PX)[near] & self.valid[near]
         smooth = self.smooth[near]
         step_edge = _mean(smooth, edge_out) - _mean(smooth, edge_in)
-        gradient = np.hypot(*np.gradient(smooth))
         return {
-            "boundary_gradient": _mean(gradient, edge_in | edge_out) / self.reference,
+            "boundary_gradient": _mean_gradient(smooth, edge_in | edge_out) / self.reference,
             "edge_sharpness": _sharpness(step_edge, step_rings),
             "ring_contrast": step_rings / self.reference,
         }
@@ -581,7 +587,9 @@ class _Region:
 
     def texture_features(self) -> dict[str, float]:
         box = self.box(1)
-        levels = np.minimum(self.image[box] // (256 // GLCM_LEVELS), GLCM_LEVELS - 1)
+        # floor(x / 16) is x // 16 exactly for a power-of-two width, and numpy's float floor
+        # division (fmod based) costs several times more
+        levels = np.minimum(np.floor(self.image[box] / (256 // GLCM_LEVELS)), GLCM_LEVELS - 1)
         levels = levels.astype(np.uint8)
         levels[~self.mask[box]] = GLCM_LEVELS  # an extra level for "outside", dropped below
         counts = morph.glcm(levels, GLCM_LEVELS + 1)[:GLCM_LEVELS, :GLCM_LEVELS]
@@ -672,6 +680,25 @@ def _peaks(values: NDArray, height: float) -> int:
 
 def _mean(values: NDArray, where: NDArray[np.bool_], fallback: float = 0.0) -> float:
     return float(values[where].mean()) if where.any() else fallback
+
+
+def _mean_gradient(values: NDArray[np.float64], where: NDArray[np.bool_]) -> float:
+    """``_mean(np.hypot(*np.gradient(values)), where)``, the differences taken at ``where`` only
+    (the same numbers: central inside, one-sided at the array's edges)."""
+    rows, cols = np.nonzero(where)
+    if rows.size == 0:
+        return 0.0
+    return float(
+        np.hypot(_difference(values, rows, cols), _difference(values.T, cols, rows)).mean()
+    )
+
+
+def _difference(values: NDArray[np.float64], rows: NDArray, cols: NDArray) -> NDArray:
+    """``np.gradient(values, axis=0)[rows, cols]`` (at least two rows)."""
+    last = values.shape[0] - 1
+    ahead, behind = np.minimum(rows + 1, last), np.maximum(rows - 1, 0)
+    span = np.where((rows == 0) | (rows == last), 1.0, 2.0)
+    return (values[ahead, cols] - values[behind, cols]) / span
 
 
 def _sharpness(step_edge: float, step_rings: float) -> float:

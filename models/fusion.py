@@ -63,9 +63,11 @@ def _as_vector(features: Mapping[str, float] | None) -> NDArray[np.float64]:
     return np.array([features[name] for name in FUSION_FEATURES], dtype=np.float64)
 
 
-def _describe(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> dict[str, float] | None:
+def _describe(
+    image: NDArray[np.uint8], mask: NDArray[np.bool_], whole: bool = False
+) -> dict[str, float] | None:
     try:
-        return lesion_features(image, mask)
+        return lesion_features(image, mask, whole=whole)
     except MaskError:
         return None
 
@@ -144,7 +146,7 @@ class FusionModel:
     def apply(self, image: NDArray[np.uint8], output: Any) -> Any:
         """A :class:`models.inference.LesionOutput` whose logit is the fused one (and which
         carries the outline's features for the descriptor rules)."""
-        features = _describe(image, output.mask)
+        features = _describe(image, output.mask, whole=True)  # the analyser's masks are whole
         fused = self.fused_logit(features, output.malignancy_logit)
         return dataclasses.replace(output, malignancy_logit=fused, features=features)
 

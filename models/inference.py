@@ -333,8 +333,9 @@ def analyze_image(
         views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
     mask = _average_mask(views, seed, image.shape, spec.threshold)
     descriptor_probs = {}
-    for head, classes in heads.items():
-        p = np.mean([_softmax(v.outputs[DESCRIPTOR_PREFIX + head]).mean(axis=0) for v in views], 0)
+    for head, classes in heads.items():  # each view's mean over its flips, then the views'
+        logits = np.stack([v.outputs[DESCRIPTOR_PREFIX + head] for v in views])
+        p = _softmax(logits).mean(axis=1).mean(axis=0)
         descriptor_probs[head] = {c: float(v) for c, v in zip(classes, p, strict=True)}
     logit = float(np.mean([np.mean(v.outputs[OUTPUT_MALIGNANCY]) for v in views]))
     clock.lap("postprocess")
