@@ -307,12 +307,11 @@ class SamplingImage:
         cols = (x0.astype(np.int64) + 1)[:, None, :]  # padded coordinates
         rows = (y0.astype(np.int64) + 1)[:, :, None]
         right = np.minimum(cols + 1, self.w + 1)
-        below = np.minimum(rows + 1, self.h + 1)
-        padded = self.flat.reshape(self.channels, self.h + 2, self.w + 2)
-        if self.squeeze:
-            padded = padded[0]
-        out = (padded[..., rows, cols] * (1.0 - wx) + padded[..., rows, right] * wx) * (1.0 - wy)
-        out += (padded[..., below, cols] * (1.0 - wx) + padded[..., below, right] * wx) * wy
+        top = rows * (self.w + 2)  # flat offsets of the rows (one index array per corner)
+        bottom = np.minimum(rows + 1, self.h + 1) * (self.w + 2)
+        flat = self.flat[0] if self.squeeze else self.flat
+        out = (flat[..., top + cols] * (1.0 - wx) + flat[..., top + right] * wx) * (1.0 - wy)
+        out += (flat[..., bottom + cols] * (1.0 - wx) + flat[..., bottom + right] * wx) * wy
         return out if self.squeeze else np.moveaxis(out, 0, 1)  # (C, K, T, S) to (K, C, T, S)
 
 
