@@ -116,6 +116,29 @@ def test_marching_squares_gives_skimage_contours() -> None:
         np.testing.assert_allclose(longest, expected, atol=1e-12)  # same start, same order
 
 
+def test_marching_squares_gives_every_skimage_contour_open_ones_included() -> None:
+    """Unpadded smooth noise: contours that end at the array's edge, several per image."""
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        image = ndimage.gaussian_filter(rng.random((30, 40)), 1.5)
+        ours = morph.find_contours(image, 0.5)
+        theirs = measure.find_contours(image, 0.5)
+        assert len(ours) == len(theirs) > 1
+        for got, expected in zip(ours, theirs, strict=True):
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, atol=1e-12)  # same order, same starts
+
+
+def test_gaussian_filter_at_the_reflection_limits() -> None:
+    """Arrays as short as the kernel radius (one reflection) and shorter (the taps fold)."""
+    rng = np.random.default_rng(8)
+    for shape in ((4, 9), (3, 5), (5, 4), (1, 7), (70, 129)):
+        image = rng.random(shape) * 255
+        np.testing.assert_allclose(
+            morph.gaussian_filter(image, 1.0), ndimage.gaussian_filter(image, 1.0), rtol=1e-12
+        )
+
+
 def test_console_analyze_loads_no_heavy_library(tiny_world, tmp_path: Path) -> None:
     """``sonofed console analyze`` end to end (rules descriptors included) in a fresh process."""
     from data_registry.registry import Registry

@@ -292,3 +292,23 @@ def test_a_large_lesions_echo_pattern_is_measured_on_blocks_and_reads_the_same()
     assert region.regional.radius == pytest.approx(region.radius / 2, rel=0.02)
     small = D._Region(_scene(_circle(20.0)), _circle(20.0))
     assert small.regional is small
+
+
+def test_a_whole_mask_gives_the_same_features_without_the_component_step() -> None:
+    from models import _morphology as morph
+
+    for drawn in (_circle(), _star(), _ellipse(20, 35)):
+        mask = morph.fill_holes(morph.largest_component(drawn))  # the star's tips touch by corners
+        image = _scene(mask, inside=40.0, below=120.0)
+        assert D.lesion_features(image, mask, whole=True) == D.lesion_features(image, mask)
+
+
+def test_the_boundary_gradient_is_numpys_gradient_at_the_band() -> None:
+    rng = np.random.default_rng(1)
+    for shape in ((2, 5), (7, 3), (40, 55)):
+        values = rng.random(shape) * 255
+        where = rng.random(shape) < 0.3
+        where[0, 0] = where[-1, -1] = True  # the one-sided differences at the edges
+        expected = float(np.hypot(*np.gradient(values))[where].mean())
+        assert D._mean_gradient(values, where) == expected
+    assert D._mean_gradient(values, np.zeros(values.shape, bool)) == 0.0

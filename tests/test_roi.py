@@ -285,6 +285,34 @@ def test_the_separable_uncrop_of_an_axis_aligned_crop_is_the_bilinear_one(flip: 
     assert inside.sum() > 1500 and (got[~inside] == 0).all()
 
 
+def test_several_grids_are_sampled_as_each_grid_alone(image: np.ndarray) -> None:
+    rng = np.random.default_rng(4)
+    xs = np.sort(rng.uniform(-5.0, 95.0, size=(3, 16)), axis=1)
+    ys = np.sort(rng.uniform(-5.0, 75.0, size=(3, 12)), axis=1)
+    for data in (image.astype(np.float32) / 255.0, rng.random((2, 70, 90)).astype(np.float32)):
+        sampler = geometry.SamplingImage(data)
+        grids = sampler.sample_grids(xs, ys)
+        assert grids.shape == (3, *data.shape[:-2], 12, 16)
+        for x, y, grid in zip(xs, ys, grids, strict=True):
+            np.testing.assert_array_equal(grid, sampler.sample_grid(x, y))
+
+
+def test_the_closed_form_inverse_of_any_crop_matrix() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        center, half = rng.uniform(0, 500, 2), rng.uniform(1, 300)
+        mat = geometry.crop_matrix(
+            center, half, 64, angle=rng.uniform(-3, 3), flip=bool(rng.integers(2)),
+            aspect=rng.uniform(0.5, 2.0),
+        )  # fmt: skip
+        expected = np.linalg.inv(np.vstack([mat, [0.0, 0.0, 1.0]]))[:2]
+        np.testing.assert_allclose(geometry.invert_affine(mat), expected, rtol=1e-12, atol=1e-9)
+        # the unrotated fast path is the general construction at a vanishing angle
+        plain = geometry.crop_matrix(center, half, 64, flip=bool(rng.integers(2)))
+        nearly = geometry.crop_matrix(center, half, 64, angle=1e-12, flip=plain[0, 0] < 0)
+        np.testing.assert_allclose(plain, nearly, rtol=1e-9, atol=1e-9)
+
+
 def test_grid_sampling_is_pointwise_sampling_on_the_grid(image: np.ndarray) -> None:
     img01 = geometry.SamplingImage(image.astype(np.float32) / 255.0)
     h, w = image.shape
@@ -314,6 +342,22 @@ def test_final_scales_average_the_views_masks_as_the_whole_image_uncrop_does() -
         expected = geometry.select_component(full > 0.5, seed)
         assert np.array_equal(_average_mask(chosen, seed, shape, 0.5), expected)
     assert not np.array_equal(_average_mask(views[:1], seed, shape, 0.5), expected)
+
+
+def test_the_averaged_mask_is_one_component_without_holes() -> None:
+    """What ``lesion_features(..., whole=True)`` relies on for the analyser's masks."""
+    from models import _morphology as morph
+    from models.inference import _average_mask, _View
+
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        mat = geometry.crop_matrix((44.0, 35.0), 20.0, 32)
+        prob = ndimage.gaussian_filter(rng.random((32, 32)), 1.2)  # several blobs, some holed
+        prob = (prob - prob.min()) / (prob.max() - prob.min())
+        component = geometry.select_component(prob > 0.5, (16, 16), fill=False)
+        view = _View(20.0, mat, prob, {}, component, 1.0, False)
+        mask = _average_mask([view], (44, 35), (70, 90), 0.5)
+        assert np.array_equal(morph.fill_holes(morph.largest_component(mask)), mask), trial
 
 
 def test_final_scales_add_views_after_the_framing_is_settled() -> None:
