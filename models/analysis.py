@@ -29,6 +29,7 @@ from models.calibration import Mode, OperatingPoints, birads_for
 from models.descriptors import TERM_GROUPS, describe_terms, descriptors_from_features
 from models.exceptions import InferenceInputError, MaskError
 from models.fusion import FusionModel
+from models.heap import keep_freed_memory
 from models.inference import LesionOutput, OnnxLesionModel
 from models.verdict import governing_note, lesion_at_click, release_statement, worded
 
@@ -112,6 +113,9 @@ class LesionAnalysis:
 class LesionAnalyser:
     """A loaded bundle, ready to analyse clicks.
 
+    Loading one also sets this process's malloc to keep freed memory for the next lesion
+    (:func:`models.heap.keep_freed_memory`).
+
     Args:
         bundle: the model bundle folder.
         num_threads: onnxruntime threads.
@@ -134,6 +138,7 @@ class LesionAnalyser:
         fusion = self.metadata.fusion
         self.fusion = None if fusion is None else FusionModel.from_dict(fusion)
         self._blas = ThreadpoolController()
+        keep_freed_memory()
 
     def probability(self, logit: float) -> float:
         """Calibrated probability of malignancy."""

@@ -173,3 +173,37 @@ def test_console_analyze_loads_no_heavy_library(tiny_world, tmp_path: Path) -> N
     assert result["code"] == 0
     assert result["loaded"] == []
     assert "shape" in result["rules"]  # the rules ran, on numpy alone
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_the_console_process_keeps_freed_memory_for_the_next_lesion() -> None:
+    """Three 1 MiB arrays freed together: glibc trims them off the heap, and every round
+    faults their pages in again, until the analyser's setting keeps them."""
+    script = textwrap.dedent(
+        """
+        import resource, numpy as np
+        from models.heap import keep_freed_memory
+
+        def faults():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(30):
+                arrays = [np.ones(2**17) for _ in range(3)]
+                del arrays
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+        faults()
+        default = faults()
+        took = keep_freed_memory()
+        faults()
+        print(default, faults(), took)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    default, kept, took = result.stdout.split()
+    if took != "True":
+        pytest.skip("this C library has no mallopt")
+    assert int(default) > 30 * 256  # at least a page fault per 4 KiB of one array per round
+    assert int(kept) < int(default) // 10
