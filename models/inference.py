@@ -313,7 +313,9 @@ def analyze_image(
     scores = [_consistency(p, v) for p, v in zip(proposals, second, strict=True)]
     best = min(range(len(second)), key=lambda i: (round(scores[i], 1), -proposals[i]))
     view, extent = second[best], proposals[best]
-    for _ in range(spec.refine_passes):
+    rescaled = [s for s in spec.final_scales if s != 1.0]
+    views: list[_View] = []  # the settled framing and its rescaled views, once known
+    for refine in range(spec.refine_passes):
         if view.touches and view.extent > 0:
             new_extent = extent * 1.5
         elif view.usable:
@@ -323,14 +325,17 @@ def analyze_image(
         if abs(math.log(_frame(new_extent, spec) / view.half)) < math.log(1.1):
             break
         extent = new_extent
-        view = _run_views(
-            image01, seed, [_frame(extent, spec)], spec, runner, clock, spec.flip_tta
-        )[0]
-    views = [view]
-    rescaled = [s for s in spec.final_scales if s != 1.0]
-    if rescaled:
-        halves = [view.half * s for s in rescaled]
-        views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
+        half = _frame(extent, spec)
+        # the last refinement settles the framing: its rescaled views go in the same batch
+        last = refine == spec.refine_passes - 1
+        halves = [half] + ([half * s for s in rescaled] if last else [])
+        refined = _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
+        view, views = refined[0], (refined if last else [])
+    if not views:
+        views = [view]
+        if rescaled:
+            halves = [view.half * s for s in rescaled]
+            views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
     mask = _average_mask(views, seed, image.shape, spec.threshold)
     descriptor_probs = {}
     for head, classes in heads.items():  # each view's mean over its flips, then the views'

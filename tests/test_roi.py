@@ -396,3 +396,29 @@ def test_final_scales_add_views_after_the_framing_is_settled() -> None:
     for bad in ((0.8, 1.25), (0.0, 1.0)):
         with pytest.raises(ConfigError):
             RoiSpec(final_scales=bad)
+
+
+@pytest.mark.parametrize(
+    ("refine_passes", "batches"), [(0, [2, 1, 2]), (1, [2, 1, 3]), (2, [2, 1, 1, 3])]
+)
+def test_the_settling_refinement_runs_with_its_rescaled_views(
+    refine_passes: int, batches: list[int]
+) -> None:
+    """A lesion wider than every crop: each framing touches the border and is refined. The
+    last refinement settles the framing, so its 0.8× and 1.25× views share its batch."""
+    from models.inference import analyze_image
+
+    spec = RoiSpec(
+        crop_size=16, scales=(1.0,), pass1_fractions=(0.2, 0.4), flip_tta=False,
+        final_scales=(0.8, 1.0, 1.25), refine_passes=refine_passes,
+    )  # fmt: skip
+    seen: list[int] = []
+
+    def everywhere_lesion(batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(len(batch))
+        n = len(batch)
+        return {"mask": np.full((n, 1, 16, 16), 5.0), "malignancy": np.zeros(n)}
+
+    out = analyze_image(np.full((64, 80), 100, np.uint8), (40, 30), spec, everywhere_lesion, {})
+    assert seen == batches
+    assert out.mask.any()
