@@ -503,10 +503,8 @@ def build_batch(
     idx = np.arange(size, dtype=np.float64)
     xs = np.stack([m[0, 0] * idx + m[0, 2] for m in mats])
     ys = np.stack([m[1, 1] * idx + m[1, 2] for m in mats])
-    crops = sampler.sample_grids(xs, ys) * 2.0 - 1.0
-    if crops.ndim == 4:  # a multi-channel image: its channels side by side per scale
-        crops = crops.reshape(len(mats) * crops.shape[1], size, size)
-    crops = crops.reshape(len(views), -1, size, size)
+    crops = sampler.sample_grids(xs, ys) * 2.0 - 1.0  # a multi-channel image: (K, C, S, S)
+    crops = crops.reshape(len(views), -1, size, size)  # each view's scales (and channels)
     if spec.seed_sigma > 0:
         heat = []
         for base in bases:

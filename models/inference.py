@@ -330,7 +330,9 @@ def analyze_image(
         last = refine == spec.refine_passes - 1
         halves = [half] + ([half * s for s in rescaled] if last else [])
         refined = _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
-        view, views = refined[0], (refined if last else [])
+        view = refined[0]
+        if last:
+            views = refined
     if not views:
         views = [view]
         if rescaled:
