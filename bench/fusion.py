@@ -97,7 +97,7 @@ def _evidence(bundle: Path, val) -> dict:
     groups = [s.group_id for s in val]
     logits = np.array([o.malignancy_logit for o in outputs])
     predicted = np.array(
-        [fusion.feature_vector(s.image, o.mask) for s, o in zip(val, outputs, strict=True)]
+        [fusion.feature_vector(s.image, o.outline_mask) for s, o in zip(val, outputs, strict=True)]
     )
     reference = np.array([fusion.feature_vector(s.image, s.mask) for s in val])
     result: dict = {}

@@ -88,7 +88,11 @@ def combine_descriptors(
     """Each descriptor from its chosen source (``heads`` or ``rules``)."""
     learned = descriptors_from_heads(output.descriptor_probs)
     wanted = [name for name in DESCRIPTOR_TERMS if sources.get(name, "rules") == "rules"]
-    rules = descriptors_from_rules(image, output.mask, output.features, wanted) if wanted else {}
+    rules = (
+        descriptors_from_rules(image, output.outline_mask, output.features, wanted)
+        if wanted
+        else {}
+    )
     chosen = {name: rules[name] if name in rules else learned[name] for name in DESCRIPTOR_TERMS}
     return Descriptors(**chosen)
 

@@ -53,6 +53,8 @@ HIGH_BAND = (8, 32)
 RING_FRACTION = 0.25
 """Width of the inner and outer boundary rings, as a fraction of the lesion's equivalent radius."""
 MIN_RING_PX = 3.0
+MIN_OUTLINE_PIXELS = 9
+"""Fewest lesion pixels that have an outline to measure."""
 """Smallest ring width in pixels, so that small lesions still get a usable band."""
 SURROUND_GAP_FRACTION = 0.25
 """Gap between the lesion and the surrounding-tissue reference band (fraction of the radius)."""
@@ -381,8 +383,10 @@ class _Region:
                 f"{mask.shape}"
             )
         count = int(np.count_nonzero(mask))
-        if count < 9:
-            raise MaskError(f"the mask has {count} lesion pixels; at least 9 are needed")
+        if count < MIN_OUTLINE_PIXELS:
+            raise MaskError(
+                f"the mask has {count} lesion pixels; at least {MIN_OUTLINE_PIXELS} are needed"
+            )
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         height, width = r1 - r0, c1 - c0
@@ -396,9 +400,10 @@ class _Region:
         self.mask = mask[self.rows, self.cols] != 0
         if not whole:
             self.mask = _largest_component(self.mask)
-        if self.mask.sum() < 9:  # scattered pixels (an untrained network's mask) have no outline
+        if self.mask.sum() < MIN_OUTLINE_PIXELS:  # scattered pixels have no outline
             raise MaskError(
-                f"the mask's largest region has {int(self.mask.sum())} pixels; at least 9 are needed"
+                f"the mask's largest region has {int(self.mask.sum())} pixels; at least "
+                f"{MIN_OUTLINE_PIXELS} are needed"
             )
         self.area = float(self.mask.sum())
         self.radius = math.sqrt(self.area / math.pi)

@@ -72,7 +72,10 @@ def choose_descriptor_sources(
     lexicon itself (e.g. taller than wide is not parallel) and do not depend on training data.
     """
     heads = [descriptors_from_heads(o.descriptor_probs) for o in outputs]
-    rules = [descriptors_from_rules(s.image, o.mask) for s, o in zip(samples, outputs, strict=True)]
+    rules = [
+        descriptors_from_rules(s.image, o.outline_mask)
+        for s, o in zip(samples, outputs, strict=True)
+    ]
     by_heads, by_rules = _agreement(samples, heads), _agreement(samples, rules)
     sources = {}
     for name in (*SIMPLE_DESCRIPTORS, "margin"):

@@ -146,7 +146,7 @@ class FusionModel:
     def apply(self, image: NDArray[np.uint8], output: Any) -> Any:
         """A :class:`models.inference.LesionOutput` whose logit is the fused one (and which
         carries the outline's features for the descriptor rules)."""
-        features = _describe(image, output.mask, whole=True)  # the analyser's masks are whole
+        features = _describe(image, output.outline_mask, whole=True)  # analyser masks are whole
         fused = self.fused_logit(features, output.malignancy_logit)
         return dataclasses.replace(output, malignancy_logit=fused, features=features)
 

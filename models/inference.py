@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models import geometry
+from models.descriptors import MIN_OUTLINE_PIXELS
 from models.exceptions import InferenceError, InferenceInputError
 from models.geometry import RoiSpec
 
@@ -69,8 +70,10 @@ class LesionOutput:
         timings: milliseconds per stage (``preprocess``, ``network``, ``postprocess``, ``total``).
         extent: estimated Chebyshev radius of the lesion around the click (pixels).
         half_width: half-width of the final crop (pixels).
-        features: :func:`models.descriptors.lesion_features` of the mask, when already computed
-            (by the fusion), so the descriptor rules do not compute them again.
+        features: :func:`models.descriptors.lesion_features` of :attr:`outline_mask`, when
+            already computed (by the fusion), so the descriptor rules do not compute them again.
+        outline: the mask the outline features read when it is not ``mask`` (the tightest
+            final view's own mask, ``RoiSpec.outline_view``); None: ``mask``.
     """
 
     malignancy_logit: float
@@ -80,6 +83,12 @@ class LesionOutput:
     extent: float = 0.0
     half_width: float = 0.0
     features: dict[str, float] | None = None
+    outline: np.ndarray | None = None
+
+    @property
+    def outline_mask(self) -> np.ndarray:
+        """The mask the outline features read (one 4-connected component without holes)."""
+        return self.mask if self.outline is None else self.outline
 
     @property
     def malignancy_probability(self) -> float:
@@ -339,6 +348,12 @@ def analyze_image(
             halves = [view.half * s for s in rescaled]
             views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
     mask = _average_mask(views, seed, image.shape, spec.threshold)
+    outline = None
+    if spec.outline_view == "tightest" and len(views) > 1:
+        tightest = min(views, key=lambda v: v.half)
+        outline = _average_mask([tightest], seed, image.shape, spec.threshold)
+        if outline.sum() < MIN_OUTLINE_PIXELS:  # no outline of its own: read the shown mask
+            outline = None
     descriptor_probs = {}
     for head, classes in heads.items():  # each view's mean over its flips, then the views'
         logits = np.stack([v.outputs[DESCRIPTOR_PREFIX + head] for v in views])
@@ -347,7 +362,9 @@ def analyze_image(
     logit = float(np.mean([np.mean(v.outputs[OUTPUT_MALIGNANCY]) for v in views]))
     clock.lap("postprocess")
     timings = dict(clock.ms, total=(time.perf_counter() - start) * 1000.0)
-    return LesionOutput(logit, mask, descriptor_probs, timings, float(extent), float(view.half))
+    return LesionOutput(
+        logit, mask, descriptor_probs, timings, float(extent), float(view.half), outline=outline
+    )
 
 
 class OnnxLesionModel:

@@ -152,7 +152,7 @@ def fit_fusion(
     if not enabled:
         return None, list(outputs), {"used": False, "reason": "disabled by the recipe"}
     features = np.array(
-        [feature_vector(s.image, o.mask) for s, o in zip(val, outputs, strict=True)]
+        [feature_vector(s.image, o.outline_mask) for s, o in zip(val, outputs, strict=True)]
     )
     logits = np.array([o.malignancy_logit for o in outputs])
     y = np.array([s.label for s in val])

@@ -172,7 +172,7 @@ def cross_validate(
         oof["logit"] += logits.tolist()
         oof["mask"] += [o.mask for o in outputs]
         oof["features"] += [
-            feature_vector(s.image, o.mask) for s, o in zip(held, outputs, strict=True)
+            feature_vector(s.image, o.outline_mask) for s, o in zip(held, outputs, strict=True)
         ]
     if keep is not None:
         folds = {"k": k, "seed": seed, "held_out": held_out}

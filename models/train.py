@@ -201,6 +201,12 @@ class Prediction:
     descriptor_probs: dict[str, dict[str, float]]
     extent: float
     half_width: float
+    outline: np.ndarray | None = None
+
+    @property
+    def outline_mask(self) -> np.ndarray:
+        """The mask the outline features read (as :attr:`LesionOutput.outline_mask`)."""
+        return self.mask if self.outline is None else self.outline
 
 
 def build_model(
@@ -746,6 +752,7 @@ def _predict_with(
                 descriptor_probs=res.descriptor_probs,
                 extent=res.extent,
                 half_width=res.half_width,
+                outline=res.outline,
             )
         )
     return out

@@ -188,7 +188,7 @@ def validation_statistics(
     for sample, output in zip(samples, outputs, strict=True):
         terms = {
             "heads": descriptors_from_heads(output.descriptor_probs),
-            "rules": descriptors_from_rules(sample.image, output.mask),
+            "rules": descriptors_from_rules(sample.image, output.outline_mask),
         }
         for name in DESCRIPTORS:
             reference = _reference(sample, name)

@@ -210,3 +210,37 @@ def test_the_stacked_fit_leaves_the_judging_cases_out() -> None:
         ["a"] * 110 + ["b"] * 149,
     )  # fmt: skip
     assert model == again
+
+
+def test_the_fusion_reads_the_outline_mask_when_the_output_has_one() -> None:
+    from models.inference import LesionOutput
+
+    oval, circle = _shape("ellipse"), _shape("circle")  # each one component without holes
+    image = _image(oval)
+    features, logit, y, _ = _data(n=80)
+    model = F.FusionModel.fit(np.column_stack([features, logit]), y, 1.0)
+    shown = LesionOutput(0.0, circle, {})
+    read = LesionOutput(0.0, circle, {}, outline=oval)
+    assert shown.outline_mask is circle and read.outline_mask is oval
+    from_oval = model.apply(image, read)
+    assert np.array_equal(from_oval.mask, circle)  # the shown mask is kept
+    assert from_oval.features == F.lesion_features(image, oval)
+    assert from_oval.malignancy_logit == model.fused_logit(F.lesion_features(image, oval), 0.0)
+    assert model.apply(image, shown).features == F.lesion_features(image, circle)
+
+
+def test_the_lexicon_rules_read_the_outline_mask_too() -> None:
+    from models.analysis import DESCRIPTOR_TERMS, combine_descriptors
+    from models.descriptors import describe
+    from models.inference import LesionOutput
+
+    oval, circle = _shape("ellipse"), _shape("circle")
+    image = _image(oval)
+    rules = {term: "rules" for term in DESCRIPTOR_TERMS}
+    read = combine_descriptors(image, LesionOutput(0.0, circle, {}, outline=oval), rules)
+    shown = combine_descriptors(image, LesionOutput(0.0, circle, {}), rules)
+    expected = describe(image, oval).model_dump(mode="json")
+    assert {t: read.model_dump(mode="json")[t] for t in DESCRIPTOR_TERMS} == {
+        t: expected[t] for t in DESCRIPTOR_TERMS
+    }
+    assert read.shape != shown.shape  # oval against round

@@ -422,3 +422,71 @@ def test_the_settling_refinement_runs_with_its_rescaled_views(
     out = analyze_image(np.full((64, 80), 100, np.uint8), (40, 30), spec, everywhere_lesion, {})
     assert seen == batches
     assert out.mask.any()
+
+
+def _bright_lesion(crops: np.ndarray) -> dict[str, np.ndarray]:
+    """A stand-in network: the mask is the crop's bright part (the lesion below is bright)."""
+    first = crops[:, :1]
+    logits = 40.0 * (first - 0.5 * (first.max(axis=(2, 3), keepdims=True)))
+    return {"mask": logits, "malignancy": np.zeros(len(crops))}
+
+
+def test_the_outline_is_the_tightest_final_views_own_mask(monkeypatch) -> None:
+    import models.inference as inference
+
+    image = np.full((120, 140), 30, np.uint8)
+    rows, cols = np.ogrid[:120, :140]
+    lobes = np.hypot(rows - 60, cols - 70) < 22 + 4 * np.sin(6 * np.arctan2(rows - 60, cols - 70))
+    image[lobes] = 220
+    seen: list[list] = []
+    average = inference._average_mask
+
+    def spy(views, seed, shape, threshold):
+        seen.append(list(views))
+        return average(views, seed, shape, threshold)
+
+    monkeypatch.setattr(inference, "_average_mask", spy)
+    spec = RoiSpec(crop_size=32, scales=(1.0,), seed_sigma=0.0, final_scales=(0.8, 1.0, 1.25))
+    out = inference.analyze_image(image, (70, 60), spec, _bright_lesion, {})
+    shown, tightest = seen
+    assert len(shown) == 3 and tightest == [min(shown, key=lambda v: v.half)]
+    assert np.array_equal(out.mask, average(shown, (70, 60), image.shape, 0.5))
+    assert np.array_equal(out.outline_mask, average(tightest, (70, 60), image.shape, 0.5))
+    assert not np.array_equal(out.outline_mask, out.mask)
+
+    seen.clear()
+    same = inference.analyze_image(
+        image, (70, 60), dataclasses.replace(spec, outline_view="average"), _bright_lesion, {}
+    )
+    assert len(seen) == 1 and same.outline is None and same.outline_mask is same.mask
+    assert np.array_equal(same.mask, out.mask)
+    seen.clear()
+    alone = dataclasses.replace(spec, final_scales=(1.0,))  # one view: its mask is the outline
+    assert inference.analyze_image(image, (70, 60), alone, _bright_lesion, {}).outline is None
+    assert len(seen) == 1
+
+    old = json.loads(spec.to_json())
+    del old["outline_view"]  # a bundle exported before the setting: the shown mask
+    assert RoiSpec.from_json(json.dumps(old)).outline_view == "average"
+    assert RoiSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ConfigError, match="outline_view"):
+        RoiSpec(outline_view="widest")  # type: ignore[arg-type]
+
+
+def test_a_tightest_view_without_a_lesion_leaves_the_outline_to_the_shown_mask() -> None:
+    from models.inference import analyze_image
+
+    spec = RoiSpec(crop_size=16, scales=(1.0,), pass1_fractions=(0.2, 0.4), refine_passes=0)
+    batches: list[int] = []
+
+    def no_lesion_in_the_tightest_view(batch: np.ndarray) -> dict[str, np.ndarray]:
+        batches.append(len(batch))
+        logits = np.full((len(batch), 1, 16, 16), 5.0)
+        if len(batches) == 3:  # the rescaled views, 0.8x first
+            logits[0] = -5.0
+        return {"mask": logits, "malignancy": np.zeros(len(batch))}
+
+    image = np.full((64, 80), 100, np.uint8)
+    out = analyze_image(image, (40, 30), spec, no_lesion_in_the_tightest_view, {})
+    assert batches == [2, 1, 2]
+    assert out.mask.any() and out.outline is None and out.outline_mask is out.mask
