@@ -250,10 +250,15 @@ def _component_in(
 
 
 def _average_mask(
-    views: Sequence[_View], seed: tuple[int, int], shape: tuple[int, ...], threshold: float
-) -> np.ndarray:
+    views: Sequence[_View],
+    seed: tuple[int, int],
+    shape: tuple[int, ...],
+    threshold: float,
+    own: _View | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The views' mask probabilities mapped back to the image and averaged, thresholded and cut
-    to the component under the click.
+    to the component under the click; and, when ``own`` (one of ``views``) is given, that view's
+    own mask cut the same way from its mapped-back probabilities (else None).
 
     Only the region around the views' kept crop-space components is mapped back (the rest of
     their footprints is dropped).
@@ -266,7 +271,10 @@ def _average_mask(
         region = rows, slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
     probs = [geometry.uncrop(v.prob.astype(np.float32), v.matrix, shape, region) for v in views]
     full = probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
-    return _component_in(full > threshold, seed, region)
+    averaged = _component_in(full > threshold, seed, region)
+    if own is None:
+        return averaged, None
+    return averaged, _component_in(probs[views.index(own)] > threshold, seed, region)
 
 
 def _consistency(candidate: float, view: _View) -> float:
@@ -347,13 +355,11 @@ def analyze_image(
         if rescaled:
             halves = [view.half * s for s in rescaled]
             views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
-    mask = _average_mask(views, seed, image.shape, spec.threshold)
-    outline = None
-    if spec.outline_view == "tightest" and len(views) > 1:
-        tightest = min(views, key=lambda v: v.half)
-        outline = _average_mask([tightest], seed, image.shape, spec.threshold)
-        if outline.sum() < MIN_OUTLINE_PIXELS:  # no outline of its own: read the shown mask
-            outline = None
+    tightest = min(views, key=lambda v: v.half)
+    own = tightest if spec.outline_view == "tightest" and len(views) > 1 else None
+    mask, outline = _average_mask(views, seed, image.shape, spec.threshold, own)
+    if outline is not None and outline.sum() < MIN_OUTLINE_PIXELS:
+        outline = None  # the tightest view shows no lesion of its own: read the shown mask
     descriptor_probs = {}
     for head, classes in heads.items():  # each view's mean over its flips, then the views'
         logits = np.stack([v.outputs[DESCRIPTOR_PREFIX + head] for v in views])

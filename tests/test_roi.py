@@ -340,8 +340,8 @@ def test_final_scales_average_the_views_masks_as_the_whole_image_uncrop_does() -
             [geometry.uncrop(v.prob.astype(np.float32), v.matrix, shape) for v in chosen], axis=0
         )
         expected = geometry.select_component(full > 0.5, seed)
-        assert np.array_equal(_average_mask(chosen, seed, shape, 0.5), expected)
-    assert not np.array_equal(_average_mask(views[:1], seed, shape, 0.5), expected)
+        assert np.array_equal(_average_mask(chosen, seed, shape, 0.5)[0], expected)
+    assert not np.array_equal(_average_mask(views[:1], seed, shape, 0.5)[0], expected)
 
 
 def test_the_averaged_mask_is_one_component_without_holes() -> None:
@@ -356,7 +356,8 @@ def test_the_averaged_mask_is_one_component_without_holes() -> None:
         prob = (prob - prob.min()) / (prob.max() - prob.min())
         component = geometry.select_component(prob > 0.5, (16, 16), fill=False)
         view = _View(20.0, mat, prob, {}, component, 1.0, False)
-        mask = _average_mask([view], (44, 35), (70, 90), 0.5)
+        mask, none = _average_mask([view], (44, 35), (70, 90), 0.5)
+        assert none is None
         assert np.array_equal(morph.fill_holes(morph.largest_component(mask)), mask), trial
 
 
@@ -438,32 +439,32 @@ def test_the_outline_is_the_tightest_final_views_own_mask(monkeypatch) -> None:
     rows, cols = np.ogrid[:120, :140]
     lobes = np.hypot(rows - 60, cols - 70) < 22 + 4 * np.sin(6 * np.arctan2(rows - 60, cols - 70))
     image[lobes] = 220
-    seen: list[list] = []
+    seen: list[tuple] = []
     average = inference._average_mask
 
-    def spy(views, seed, shape, threshold):
-        seen.append(list(views))
-        return average(views, seed, shape, threshold)
+    def spy(views, seed, shape, threshold, own=None):
+        seen.append((list(views), own))
+        return average(views, seed, shape, threshold, own)
 
     monkeypatch.setattr(inference, "_average_mask", spy)
     spec = RoiSpec(crop_size=32, scales=(1.0,), seed_sigma=0.0, final_scales=(0.8, 1.0, 1.25))
     out = inference.analyze_image(image, (70, 60), spec, _bright_lesion, {})
-    shown, tightest = seen
-    assert len(shown) == 3 and tightest == [min(shown, key=lambda v: v.half)]
-    assert np.array_equal(out.mask, average(shown, (70, 60), image.shape, 0.5))
-    assert np.array_equal(out.outline_mask, average(tightest, (70, 60), image.shape, 0.5))
+    ((views, own),) = seen
+    assert len(views) == 3 and own is min(views, key=lambda v: v.half)
+    assert np.array_equal(out.mask, average(views, (70, 60), image.shape, 0.5)[0])
+    assert np.array_equal(out.outline_mask, average([own], (70, 60), image.shape, 0.5)[0])
     assert not np.array_equal(out.outline_mask, out.mask)
 
     seen.clear()
     same = inference.analyze_image(
         image, (70, 60), dataclasses.replace(spec, outline_view="average"), _bright_lesion, {}
     )
-    assert len(seen) == 1 and same.outline is None and same.outline_mask is same.mask
+    assert seen[0][1] is None and same.outline is None and same.outline_mask is same.mask
     assert np.array_equal(same.mask, out.mask)
     seen.clear()
     alone = dataclasses.replace(spec, final_scales=(1.0,))  # one view: its mask is the outline
     assert inference.analyze_image(image, (70, 60), alone, _bright_lesion, {}).outline is None
-    assert len(seen) == 1
+    assert seen[0][1] is None
 
     old = json.loads(spec.to_json())
     del old["outline_view"]  # a bundle exported before the setting: the shown mask
