@@ -53,9 +53,9 @@ HIGH_BAND = (8, 32)
 RING_FRACTION = 0.25
 """Width of the inner and outer boundary rings, as a fraction of the lesion's equivalent radius."""
 MIN_RING_PX = 3.0
+"""Smallest ring width in pixels, so that small lesions still get a usable band."""
 MIN_OUTLINE_PIXELS = 9
 """Fewest lesion pixels that have an outline to measure."""
-"""Smallest ring width in pixels, so that small lesions still get a usable band."""
 SURROUND_GAP_FRACTION = 0.25
 """Gap between the lesion and the surrounding-tissue reference band (fraction of the radius)."""
 SURROUND_FRACTION = 0.75

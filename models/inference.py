@@ -13,6 +13,8 @@ The two-pass scheme lives here once and is shared with PyTorch prediction
 3. With ``final_scales``, the final framing is also cropped at those multiples of its
    half-width. The views' masks are mapped back to image pixels and averaged, thresholded and
    cut to the component under the click; malignancy and descriptors are the views' means.
+4. With ``outline_view = "tightest"``, the tightest of those views' own mask is also cut from its
+   mapped-back probabilities: the outline the features read (the average smooths the margin).
 
 This module must not import torch, scipy or scikit-learn (a test checks ``sys.modules``).
 """
@@ -355,8 +357,8 @@ def analyze_image(
         if rescaled:
             halves = [view.half * s for s in rescaled]
             views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
-    tightest = min(views, key=lambda v: v.half)
-    own = tightest if spec.outline_view == "tightest" and len(views) > 1 else None
+    tightest = spec.outline_view == "tightest" and len(views) > 1
+    own = min(views, key=lambda v: v.half) if tightest else None
     mask, outline = _average_mask(views, seed, image.shape, spec.threshold, own)
     if outline is not None and outline.sum() < MIN_OUTLINE_PIXELS:
         outline = None  # the tightest view shows no lesion of its own: read the shown mask
