@@ -109,8 +109,10 @@ class RoiSpec:
             stacked fusion cross-fitted over 3 fold seeds) fused AUC 0.888 against 0.881 (paired
             gain +0.007 [+0.003, +0.011]), higher in every CV fold and at every site (BrEaST
             0.840 against 0.828); the 1x view alone 0.879, the 1.25x view 0.878, an extra 0.7x
-            view 0.887, an extra 0.6x view 0.884 (outside the training framings). Bundles
-            exported before the setting read as ``"average"``.
+            view 0.887, an extra 0.6x view 0.884 (outside the training framings). Chosen among
+            eight variants, so biased upward: on the next default run's fold networks
+            (1a4b2bf) +0.002 [-0.002, +0.005]. Bundles exported before the setting read as
+            ``"average"``.
     """
 
     crop_size: int = 64
