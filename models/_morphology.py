@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "MIN_OUTLINE_PIXELS",
     "RegionMoments",
     "component_at",
     "convex_hull",
@@ -43,6 +44,9 @@ __all__ = [
     "square_dilate",
     "uniform_filter1d_wrap",
 ]
+
+MIN_OUTLINE_PIXELS = 9
+"""Fewest lesion pixels that have an outline to measure."""
 
 
 def _runs(mask: NDArray[np.bool_]) -> tuple[NDArray, NDArray, NDArray]:

@@ -36,6 +36,7 @@ from data_registry.schema import (
     Shape,
 )
 from models import _morphology as morph
+from models._morphology import MIN_OUTLINE_PIXELS
 from models.exceptions import MaskError
 
 # --- geometry of the analysis -------------------------------------------------------------------
@@ -54,8 +55,6 @@ RING_FRACTION = 0.25
 """Width of the inner and outer boundary rings, as a fraction of the lesion's equivalent radius."""
 MIN_RING_PX = 3.0
 """Smallest ring width in pixels, so that small lesions still get a usable band."""
-MIN_OUTLINE_PIXELS = 9
-"""Fewest lesion pixels that have an outline to measure."""
 SURROUND_GAP_FRACTION = 0.25
 """Gap between the lesion and the surrounding-tissue reference band (fraction of the radius)."""
 SURROUND_FRACTION = 0.75

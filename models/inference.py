@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from models import geometry
-from models.descriptors import MIN_OUTLINE_PIXELS
+from models._morphology import MIN_OUTLINE_PIXELS
 from models.exceptions import InferenceError, InferenceInputError
 from models.geometry import RoiSpec
 
@@ -256,11 +256,11 @@ def _average_mask(
     seed: tuple[int, int],
     shape: tuple[int, ...],
     threshold: float,
-    own: _View | None = None,
+    own: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The views' mask probabilities mapped back to the image and averaged, thresholded and cut
-    to the component under the click; and, when ``own`` (one of ``views``) is given, that view's
-    own mask cut the same way from its mapped-back probabilities (else None).
+    to the component under the click; and, when ``own`` (an index into ``views``) is given, that
+    view's own mask cut the same way from its mapped-back probabilities (else None).
 
     Only the region around the views' kept crop-space components is mapped back (the rest of
     their footprints is dropped).
@@ -276,7 +276,7 @@ def _average_mask(
     averaged = _component_in(full > threshold, seed, region)
     if own is None:
         return averaged, None
-    return averaged, _component_in(probs[views.index(own)] > threshold, seed, region)
+    return averaged, _component_in(probs[own] > threshold, seed, region)
 
 
 def _consistency(candidate: float, view: _View) -> float:
@@ -358,7 +358,7 @@ def analyze_image(
             halves = [view.half * s for s in rescaled]
             views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
     tightest = spec.outline_view == "tightest" and len(views) > 1
-    own = min(views, key=lambda v: v.half) if tightest else None
+    own = min(range(len(views)), key=lambda i: views[i].half) if tightest else None
     mask, outline = _average_mask(views, seed, image.shape, spec.threshold, own)
     if outline is not None and outline.sum() < MIN_OUTLINE_PIXELS:
         outline = None  # the tightest view shows no lesion of its own: read the shown mask

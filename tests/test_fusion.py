@@ -244,3 +244,50 @@ def test_the_lexicon_rules_read_the_outline_mask_too() -> None:
         t: expected[t] for t in DESCRIPTOR_TERMS
     }
     assert read.shape != shown.shape  # oval against round
+
+
+def test_what_is_fitted_and_chosen_on_validation_reads_the_outline_mask() -> None:
+    """Outputs that show a wrong mask but carry the right outline are fused, described and
+    summarised as if their mask were that outline; only Dice sees the shown mask."""
+    from models import calibration as C
+    from models import validation_stats as V
+    from models.evaluation import choose_descriptor_sources
+    from models.inference import LesionOutput
+    from models.packaging import fit_fusion
+
+    samples = synthetic_lesions(24, seed=5)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=len(samples)) + np.array([s.label for s in samples])
+    square = np.zeros(samples[0].mask.shape, bool)
+    square[20:60, 30:80] = True
+    carried = [
+        LesionOutput(float(z), square, {}, outline=s.mask)
+        for s, z in zip(samples, logits, strict=True)
+    ]
+    shown = [LesionOutput(float(z), s.mask, {}) for s, z in zip(samples, logits, strict=True)]
+    assert fit_fusion(samples, carried)[2] == fit_fusion(samples, shown)[2]
+    assert choose_descriptor_sources(samples, carried) == choose_descriptor_sources(samples, shown)
+    bins = C.LogitBins(low=-4.0, high=4.0, count=64)
+    from_outline = V.validation_statistics(samples, carried, bins)
+    from_mask = V.validation_statistics(samples, shown, bins)
+    assert from_outline.confusion["rules"] == from_mask.confusion["rules"]
+    assert from_outline.dice_sum < from_mask.dice_sum  # Dice is the shown mask's
+
+
+def test_two_pass_prediction_carries_the_outline(tmp_path) -> None:
+    from models.train import predict
+
+    spec = RoiSpec(crop_size=48, pass1_fractions=(0.15, 0.3, 0.5))
+    assert spec.outline_view == "tightest" and len(spec.final_scales) == 3
+    config = TrainConfig(
+        encoder="residual", features=(8, 16, 32, 64), subunits=(1, 1, 1, 1), spec=spec
+    )
+    torch.manual_seed(0)
+    network = build_model(config).eval()
+    samples = synthetic_lesions(3, seed=2, size=(96, 112))
+    runner = torch_runner(network)
+    heads = {h: tuple(c) for h, c in network.head_vocabularies.items()}
+    for s, p in zip(samples, predict(network, samples), strict=True):
+        direct = analyze_image(s.image, s.seed, spec, runner, heads)
+        assert np.array_equal(p.outline_mask, direct.outline_mask)
+        assert (p.outline is None) == (direct.outline is None)

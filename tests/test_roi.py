@@ -450,9 +450,9 @@ def test_the_outline_is_the_tightest_final_views_own_mask(monkeypatch) -> None:
     spec = RoiSpec(crop_size=32, scales=(1.0,), seed_sigma=0.0, final_scales=(0.8, 1.0, 1.25))
     out = inference.analyze_image(image, (70, 60), spec, _bright_lesion, {})
     ((views, own),) = seen
-    assert len(views) == 3 and own is min(views, key=lambda v: v.half)
+    assert len(views) == 3 and views[own] is min(views, key=lambda v: v.half)
     assert np.array_equal(out.mask, average(views, (70, 60), image.shape, 0.5)[0])
-    assert np.array_equal(out.outline_mask, average([own], (70, 60), image.shape, 0.5)[0])
+    assert np.array_equal(out.outline_mask, average([views[own]], (70, 60), image.shape, 0.5)[0])
     assert not np.array_equal(out.outline_mask, out.mask)
 
     seen.clear()

@@ -104,6 +104,11 @@ def test_tiny_cross_validation_scores_every_held_out_lesion_once(tmp_path) -> No
     assert all(m.shape == (72, 80) for m in oof["mask"])
     by_id = {s.case_id: s for s in samples}
     assert oof["group_id"] == [by_id[c].group_id for c in oof["case_id"]]
+    fold_of = {c: fold for fold, ids in enumerate(kept["held_out"]) for c in ids}
+    networks = [OnnxLesionModel(tmp_path / "cv" / f"fold{f}.onnx") for f in range(2)]
     for case_id, mask, features in zip(oof["case_id"], oof["mask"], oof["features"], strict=True):
-        expected = feature_vector(by_id[case_id].image, mask)  # what a stacked fusion fits on
+        case = by_id[case_id]
+        again = networks[fold_of[case_id]].analyze(case.image, case.seed)
+        np.testing.assert_array_equal(mask, again.mask)  # the shown mask
+        expected = feature_vector(case.image, again.outline_mask)  # what stacking fits on
         np.testing.assert_array_equal(features, expected)
