@@ -42,6 +42,7 @@ __all__ = [
     "OUTPUT_MASK",
     "LesionOutput",
     "OnnxLesionModel",
+    "OutlineMask",
     "Runner",
     "analyze_image",
     "check_inputs",
@@ -61,8 +62,20 @@ Runner = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 ``malignancy`` (N,) logits and ``desc_<head>`` (N, K) logits."""
 
 
+class OutlineMask:
+    """The mask the outline features read, for analyses that carry ``mask`` and ``outline``."""
+
+    mask: np.ndarray
+    outline: np.ndarray | None
+
+    @property
+    def outline_mask(self) -> np.ndarray:
+        """The mask the outline features read (one 4-connected component without holes)."""
+        return self.mask if self.outline is None else self.outline
+
+
 @dataclass(frozen=True)
-class LesionOutput:
+class LesionOutput(OutlineMask):
     """What the analyser says about one clicked lesion.
 
     Attributes:
@@ -86,11 +99,6 @@ class LesionOutput:
     half_width: float = 0.0
     features: dict[str, float] | None = None
     outline: np.ndarray | None = None
-
-    @property
-    def outline_mask(self) -> np.ndarray:
-        """The mask the outline features read (one 4-connected component without holes)."""
-        return self.mask if self.outline is None else self.outline
 
     @property
     def malignancy_probability(self) -> float:
@@ -357,8 +365,8 @@ def analyze_image(
         if rescaled:
             halves = [view.half * s for s in rescaled]
             views += _run_views(image01, seed, halves, spec, runner, clock, spec.flip_tta)
-    tightest = spec.outline_view == "tightest" and len(views) > 1
-    own = min(range(len(views)), key=lambda i: views[i].half) if tightest else None
+    read_own = spec.outline_view == "tightest" and len(views) > 1
+    own = min(range(len(views)), key=lambda i: views[i].half) if read_own else None
     mask, outline = _average_mask(views, seed, image.shape, spec.threshold, own)
     if outline is not None and outline.sum() < MIN_OUTLINE_PIXELS:
         outline = None  # the tightest view shows no lesion of its own: read the shown mask

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from models.data import HEAD_VOCABULARIES, LesionDataset, LesionSample, head_classes
 from models.exceptions import ConfigError, DataError, StateDictError
 from models.geometry import RoiSpec
-from models.inference import LesionOutput, analyze_image
+from models.inference import LesionOutput, OutlineMask, analyze_image
 from models.losses import LesionLoss, proximal_term
 from models.metrics import auc
 from models.network import OUTPUT_MALIGNANCY, OUTPUT_MASK, LesionNet
@@ -191,7 +191,7 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Prediction(OutlineMask):
     """Two-pass prediction of one sample (see :func:`predict`)."""
 
     case_id: str
@@ -202,11 +202,6 @@ class Prediction:
     extent: float
     half_width: float
     outline: np.ndarray | None = None
-
-    @property
-    def outline_mask(self) -> np.ndarray:
-        """The mask the outline features read (as :attr:`LesionOutput.outline_mask`)."""
-        return self.mask if self.outline is None else self.outline
 
 
 def build_model(
